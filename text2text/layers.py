@@ -1,0 +1,215 @@
+"""T5 building blocks in Flax linen: RMSNorm, projections, attention with KV cache,
+relative position biases, gated MLP and the token embedding (T5X parameter names)."""
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+NEG_INF = -1e10  # additive bias for masked attention logits (exp underflows to exactly 0 in fp32)
+
+default_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+attention_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
+
+
+def _param(module: nn.Module, name: str, init: Initializer, shape, axes: tuple[str, ...]) -> jax.Array:
+    """Create an fp32 parameter annotated with logical axis names (one per dimension)."""
+    assert len(axes) == len(shape), (name, axes, shape)
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+class RMSNorm(nn.Module):
+    """T5 layer norm: scale * x / sqrt(mean(x^2) + eps), no mean subtraction and no bias; fp32 math."""
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = _param(self, 'scale', nn.initializers.ones, (x.shape[-1],), ('embed',))
+        x = x.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
+        return (x * scale).astype(self.dtype)
+
+
+class Dense(nn.Module):
+    """Bias-free projection of the last axis, kernel stored 2-D [in, out] as T5X's DenseGeneral does."""
+    features: int
+    kernel_axes: tuple[str, str]
+    kernel_init: Initializer = default_kernel_init
+    dtype: jnp.dtype = jnp.float32
+    output_dtype: jnp.dtype | None = None  # e.g. fp32 logits from bf16 activations; None = dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = _param(self, 'kernel', self.kernel_init, (x.shape[-1], self.features), self.kernel_axes)
+        return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype),
+                       preferred_element_type=self.output_dtype or self.dtype)
+
+
+class Embed(nn.Module):
+    """Token embedding table [vocab, embed]; lookup by row gather or (one_hot=True) one-hot matmul."""
+    num_embeddings: int
+    features: int
+    one_hot: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = _param(self, 'embedding', nn.initializers.normal(stddev=1.0),
+                                (self.num_embeddings, self.features), ('vocab', 'embed'))
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        table = self.embedding.astype(self.dtype)
+        if self.one_hot:
+            return jnp.dot(jax.nn.one_hot(tokens, self.num_embeddings, dtype=self.dtype), table)
+        return jnp.take(table, tokens, axis=0)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Tied output projection x @ embedding.T, accumulated and returned in fp32."""
+        return jnp.einsum('bld,vd->blv', x.astype(self.dtype), self.embedding.astype(self.dtype),
+                          preferred_element_type=jnp.float32)
+
+
+def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> jax.Array:
+    """Map key_pos - query_pos to a bucket id exactly as Mesh-TF T5 / HF T5 do (half exact, half log-spaced)."""
+    buckets = jnp.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).astype(relative_position.dtype) * num_buckets
+        n = jnp.abs(relative_position)
+    else:
+        n = -jnp.minimum(relative_position, 0)
+    max_exact = num_buckets // 2
+    log_ratio = jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(relative_position.dtype)
+    large = jnp.minimum(large, num_buckets - 1)
+    return buckets + jnp.where(n < max_exact, n, large)
+
+
+class RelativePositionBias(nn.Module):
+    """Per-head learned bias over relative-position buckets; one table per stack, shared by its layers."""
+    num_buckets: int
+    max_distance: int
+    num_heads: int
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
+        """Bias [1, heads, q, k] (fp32) for integer positions query_positions [q], key_positions [k]."""
+        table = _param(self, 'rel_embedding', nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
+                       (self.num_heads, self.num_buckets), ('heads', 'relpos_buckets'))
+        relative = key_positions[None, :] - query_positions[:, None]
+        buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
+        return jnp.take(table, buckets, axis=1)[None]
+
+
+class MultiHeadAttention(nn.Module):
+    """T5 attention: no 1/sqrt(head_dim) at run time (folded into the query init), fp32 softmax,
+    dropout broadcast over queries, optional KV cache (collection 'cache') for one-token decoding."""
+    num_heads: int
+    head_dim: int
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    def _project(self, name: str, x: jax.Array, init: Initializer) -> jax.Array:
+        y = Dense(self.num_heads * self.head_dim, ('embed', 'joined_kv'), init, self.dtype, name=name)(x)
+        y = y.reshape(*x.shape[:-1], self.num_heads, self.head_dim)
+        return nn.with_logical_constraint(y, ('batch', 'length', 'heads', 'kv'))
+
+    def _query_init(self, key, shape, dtype=jnp.float32):
+        return attention_kernel_init(key, shape, dtype) / math.sqrt(self.head_dim)
+
+    @nn.compact
+    def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, bias: jax.Array | None = None,
+                 deterministic: bool = True, decode: bool = False, cache_kv_once: bool = False) -> jax.Array:
+        """Attend inputs_q [b,q,e] to inputs_kv [b,k,e]; `bias` is additive fp32 [b|1, h|1, q, k].
+
+        decode=True: self-attention appends this step's K/V to the cache (q = 1 token);
+        with cache_kv_once the K/V of inputs_kv (encoder output) are projected at step 0 and reused.
+        """
+        query = self._project('query', inputs_q, self._query_init)
+        if decode and cache_kv_once:
+            key, value = self._cached_cross_kv(inputs_kv)
+        else:
+            key, value = self._project_kv(inputs_kv)
+            if decode:
+                key, value, bias = self._update_self_cache(key, value, bias)
+
+        logits = jnp.einsum('bqhd,bkhd->bhqk', query, key, preferred_element_type=jnp.float32)
+        if bias is not None:
+            logits = logits + bias
+        weights = jax.nn.softmax(logits, axis=-1)
+        if not deterministic and self.dropout_rate > 0.0:
+            keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout_rate,
+                                        (*weights.shape[:2], 1, weights.shape[-1]))
+            weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0)
+        out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(self.dtype), value)
+        out = out.reshape(*out.shape[:2], self.num_heads * self.head_dim)
+        return Dense(inputs_q.shape[-1], ('joined_kv', 'embed'), attention_kernel_init, self.dtype, name='out')(out)
+
+    def _update_self_cache(self, key, value, bias):
+        """Write this step's K/V at cache_index; return full cached K/V and the bias with future keys masked."""
+        initialized = self.has_variable('cache', 'cached_key')
+        cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+        cache_index = self.variable('cache', 'cache_index', lambda: jnp.array(0, dtype=jnp.int32))
+        if not initialized:  # cache creation call on full-length inputs: shapes only, plain attention
+            return key, value, bias
+        if key.shape[1] != 1:
+            raise ValueError(f'decode=True expects one token per call, got length {key.shape[1]}')
+        index = cache_index.value
+        cached_key.value = jax.lax.dynamic_update_slice_in_dim(cached_key.value, key, index, axis=1)
+        cached_value.value = jax.lax.dynamic_update_slice_in_dim(cached_value.value, value, index, axis=1)
+        cache_index.value = index + 1
+        length = cached_key.value.shape[1]
+        future = jnp.where(jnp.arange(length) > index, NEG_INF, 0.0).astype(jnp.float32)[None, None, None, :]
+        bias = future if bias is None else bias + future
+        return cached_key.value, cached_value.value, bias
+
+    def _cached_cross_kv(self, inputs_kv):
+        """Encoder-decoder K/V, projected once (when cache_index == 0) and kept in the cache."""
+        initialized = self.has_variable('cache', 'cached_key')
+        shape = (*inputs_kv.shape[:2], self.num_heads, self.head_dim)
+        cached_key = self.variable('cache', 'cached_key', jnp.zeros, shape, self.dtype)
+        cached_value = self.variable('cache', 'cached_value', jnp.zeros, shape, self.dtype)
+        cache_index = self.variable('cache', 'cache_index', lambda: jnp.array(0, dtype=jnp.int32))
+        if not initialized:  # cache creation call: create the projection params, fill the cache at step 0
+            return self._project_kv(inputs_kv)
+        key, value = nn.cond(cache_index.value == 0, MultiHeadAttention._project_kv,
+                             lambda mdl, _: (mdl.get_variable('cache', 'cached_key'),
+                                             mdl.get_variable('cache', 'cached_value')), self, inputs_kv)
+        cached_key.value, cached_value.value = key, value
+        cache_index.value = cache_index.value + 1
+        return key, value
+
+    def _project_kv(self, inputs_kv):
+        return (self._project('key', inputs_kv, attention_kernel_init),
+                self._project('value', inputs_kv, attention_kernel_init))
+
+
+class MlpBlock(nn.Module):
+    """T5 feed-forward: wo(dropout(prod_i act_i(x @ wi_i))); one activation uses the name 'wi'."""
+    mlp_dim: int
+    activations: tuple[str, ...] = ('relu',)
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        hidden = None
+        for i, act in enumerate(self.activations):
+            name = 'wi' if len(self.activations) == 1 else f'wi_{i}'
+            h = _ACTIVATIONS[act](Dense(self.mlp_dim, ('embed', 'mlp'), dtype=self.dtype, name=name)(x))
+            hidden = h if hidden is None else hidden * h
+        hidden = nn.with_logical_constraint(hidden, ('batch', 'length', 'mlp'))
+        hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic=deterministic)
+        return Dense(x.shape[-1], ('mlp', 'embed'), dtype=self.dtype, name='wo')(hidden)
+
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    'relu': jax.nn.relu,
+    'gelu': lambda x: jax.nn.gelu(x, approximate=True),  # tanh approximation = HF 'gelu_new'
+    'linear': lambda x: x,
+}

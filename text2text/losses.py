@@ -1,0 +1,110 @@
+"""Token-level losses and sequence scores for encoder-decoder training (pure jax.numpy, fp32)."""
+
+from typing import Optional, Union
+
+import jax
+import jax.numpy as jnp
+
+from text2text.errors import UserError
+
+NUM_REAL_TARGET_TOKENS = 'NUM_REAL_TARGET_TOKENS'
+NUM_TOTAL_TARGET_TOKENS = 'NUM_TOTAL_TARGET_TOKENS'
+AVERAGE_PER_SEQUENCE = 'AVERAGE_PER_SEQUENCE'
+SPECIAL_NORMALIZING_FACTORS = (NUM_REAL_TARGET_TOKENS, NUM_TOTAL_TARGET_TOKENS, AVERAGE_PER_SEQUENCE)
+
+
+def _per_sequence_weight_sums(weights, segment_ids):
+    """Sum of weights over each token's own sequence (its row, or its segment when packed)."""
+    if segment_ids is None:
+        return jnp.sum(weights, axis=-1, keepdims=True)
+    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return jnp.sum(jnp.where(same_segment, weights[:, None, :], 0.0), axis=-1)
+
+
+def check_loss_normalizing_factor(value: Union[float, str, None]):
+    """Returns a string option in canonical (upper) case; raises UserError for unknown strings."""
+    if not isinstance(value, str):
+        return value
+    if value.upper() not in SPECIAL_NORMALIZING_FACTORS:
+        raise UserError(f'loss_normalizing_factor={value!r}: expected None, a number or one of '
+                        f'{", ".join(SPECIAL_NORMALIZING_FACTORS)}')
+    return value.upper()
+
+
+def normalize_weights(weights, loss_normalizing_factor, segment_ids=None):
+    """Resolves `loss_normalizing_factor` into (weights, divisor or None), following T5X semantics.
+
+    None -> plain weighted sum; a number -> divide by it; 'NUM_REAL_TARGET_TOKENS' -> divide by sum(weights);
+    'NUM_TOTAL_TARGET_TOKENS' -> divide by the number of target positions; 'AVERAGE_PER_SEQUENCE' -> each
+    sequence's (or packed segment's) weights are scaled to sum to 1 and the loss is divided by the number of
+    sequences with any weight, i.e. the mean over sequences of the per-sequence mean token loss.
+    """
+    weights = jnp.asarray(weights, jnp.float32)
+    if loss_normalizing_factor is None:
+        return weights, None
+    if isinstance(loss_normalizing_factor, str):
+        name = check_loss_normalizing_factor(loss_normalizing_factor)
+        if name == NUM_REAL_TARGET_TOKENS:
+            return weights, jnp.sum(weights)
+        if name == NUM_TOTAL_TARGET_TOKENS:
+            return weights, jnp.asarray(weights.size, jnp.float32)
+        sums = _per_sequence_weight_sums(weights, segment_ids)
+        scaled = jnp.where(sums > 0, weights / jnp.where(sums > 0, sums, 1.0), 0.0)
+        return scaled, jnp.sum(scaled)
+    return weights, jnp.asarray(loss_normalizing_factor, jnp.float32)
+
+
+def cross_entropy_with_z_loss(logits, targets, weights=None, z_loss: float = 1e-4, label_smoothing: float = 0.0,
+                              loss_normalizing_factor: Optional[Union[float, str]] = None, segment_ids=None):
+    """Weighted, label-smoothed cross entropy plus z-loss (T5X semantics), summed over tokens.
+
+    Args: logits [..., vocab]; targets [...] int ids; weights [...] (None = all ones); z_loss coefficient of
+    log(Z)^2 per token; label_smoothing mass spread over the other vocab-1 ids (the constant entropy of the
+    smoothed targets is subtracted so a perfect model reaches loss 0); loss_normalizing_factor see
+    `normalize_weights`; segment_ids [b, l] only used by 'AVERAGE_PER_SEQUENCE' on packed batches.
+    Returns (total_loss, z_loss_part, weight_sum): total_loss already includes z_loss_part; weight_sum is the
+    plain sum of the (unnormalised) weights.
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    vocab_size = logits.shape[-1]
+    if weights is None:
+        weights = jnp.ones(targets.shape, jnp.float32)
+    weight_sum = jnp.sum(jnp.asarray(weights, jnp.float32))
+    confidence = 1.0 - label_smoothing
+    low_confidence = label_smoothing / (vocab_size - 1)
+    normalizing_constant = -(confidence * jnp.log(confidence + 1e-20)
+                             + (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    log_probs = logits - log_z[..., None]
+    soft_targets = jax.nn.one_hot(targets, vocab_size, dtype=jnp.float32) * (confidence - low_confidence)
+    soft_targets = soft_targets + low_confidence
+    token_z_loss = z_loss * jnp.square(log_z)
+    token_loss = -jnp.sum(soft_targets * log_probs, axis=-1) - normalizing_constant + token_z_loss
+    weights, divisor = normalize_weights(weights, loss_normalizing_factor, segment_ids)
+    total_loss = jnp.sum(token_loss * weights)
+    total_z_loss = jnp.sum(token_z_loss * weights)
+    if divisor is not None:
+        total_loss = total_loss / divisor
+        total_z_loss = total_z_loss / divisor
+    return total_loss, total_z_loss, weight_sum
+
+
+def token_log_likelihood(logits, targets):
+    """Log-probability of each target id under softmax(logits), in fp32: [...]."""
+    logits = jnp.asarray(logits, jnp.float32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def sequence_log_likelihood(logits, targets, weights=None, length_normalize: bool = False):
+    """Per-sequence sum over positions of weight * log p(target): [b] (used for scoring / rank classification).
+
+    With length_normalize=True the sum is divided by the sequence's total weight (mean token log-likelihood).
+    """
+    if weights is None:
+        weights = (targets > 0).astype(jnp.float32)
+    weights = jnp.asarray(weights, jnp.float32)
+    scores = jnp.sum(token_log_likelihood(logits, targets) * weights, axis=-1)
+    if length_normalize:
+        scores = scores / jnp.maximum(jnp.sum(weights, axis=-1), 1e-8)
+    return scores

@@ -1,0 +1,116 @@
+"""What a training run shows and leaves behind: progress line, TensorBoard, metrics.jsonl, loss.png."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Mapping, TextIO
+
+import jax
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+class Progress:
+    """A one-line progress bar on a TTY (step, loss, tokens/s, ETA); plain log lines otherwise."""
+
+    def __init__(self, total_steps: int, start_step: int, stream: TextIO | None = None, width: int = 24):
+        self.total_steps = total_steps
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.width = width
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+        self._start_step = start_step
+        self._start_time = self._last_time
+
+    def update(self, step: int, loss: float, tokens: float) -> str:
+        """Reports `tokens` processed since the previous update; returns the line shown."""
+        now = time.perf_counter()
+        tokens_per_s = tokens / max(now - self._last_time, 1e-9)
+        steps_per_s = (step - self._start_step) / max(now - self._start_time, 1e-9)
+        eta = (self.total_steps - step) / max(steps_per_s, 1e-9)
+        self._last_step, self._last_time = step, now
+        done = int(self.width * step / max(self.total_steps, 1))
+        bar = "#" * done + "-" * (self.width - done)
+        line = f"step {step}/{self.total_steps} loss {loss:.4f} {tokens_per_s:,.0f} tok/s ETA {_format_duration(eta)}"
+        if self.tty:
+            self.stream.write(f"\r[{bar}] {line}\x1b[K")
+            if step >= self.total_steps:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        return line
+
+    def message(self, text: str) -> None:
+        """Prints a line without breaking the progress bar."""
+        self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+        self.stream.flush()
+
+
+class MetricsLog:
+    """Appends scalars to MODEL_DIR/metrics.jsonl and TensorBoard (clu writers), on the first host only."""
+
+    def __init__(self, model_dir: str, tensorboard: bool = True):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(model_dir, "metrics.jsonl")
+        self._writer = None
+        if self.enabled and tensorboard:
+            from clu import metric_writers  # pylint: disable=import-outside-toplevel
+
+            self._writer = metric_writers.create_default_writer(model_dir, just_logging=False, asynchronous=False)
+
+    def write(self, step: int, scalars: Mapping[str, float], kind: str = "train") -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "kind": kind, **{k: float(v) for k, v in scalars.items()}}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            self._writer.write_scalars(int(step), {f"{kind}/{k}": float(v) for k, v in scalars.items()})
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+
+
+def read_metrics(model_dir: str, kind: str = "train") -> list[dict]:
+    """Records of one kind from MODEL_DIR/metrics.jsonl, in order."""
+    path = os.path.join(model_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if r.get("kind") == kind]
+
+
+def plot_loss(model_dir: str) -> str | None:
+    """Draws MODEL_DIR/loss.png from the train records of metrics.jsonl; returns its path."""
+    records = [r for r in read_metrics(model_dir) if "loss" in r]
+    if not records or jax.process_index() != 0:
+        return None
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records])
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss per target token")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.set_title(os.path.basename(os.path.normpath(model_dir)))
+    path = os.path.join(model_dir, "loss.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
