@@ -339,6 +339,28 @@ def _write_jsonl(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def _write_outputs(model_fn: Callable, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                   split: str, field: str, to_value: Callable, path_of: Callable[[str], str]) -> list[str]:
+    """Runs `model_fn` (a seqio predict/score fn) over each task's split and writes one JSON line per
+    example, {"input", "target", field: to_value(task, output)}, to `path_of(task name)`."""
+    paths = []
+    for task in _tasks_with_split(mixture_or_task_name, task_feature_lengths, split):
+        examples, model_ds = _task_examples(task, task_feature_lengths, split)
+        outputs = dict(model_fn(model_ds))
+        rows = [
+            {
+                "input": _decode(task, "inputs", ex["inputs"]),
+                "target": _decode(task, "targets", ex["targets"]),
+                field: to_value(task, outputs[i]),
+            }
+            for i, ex in enumerate(examples)
+        ]
+        path = path_of(task.name)
+        _write_jsonl(path, rows)
+        paths.append(path)
+    return paths
+
+
 def infer(
     model: Any,
     params: Any,
@@ -352,23 +374,10 @@ def infer(
 ) -> list[str]:
     """Decodes every example of each task's split and writes output_dir/infer/<task>.jsonl with
     {"input", "target", "prediction"} text per line (inputs/targets as the model saw them, truncated)."""
-    paths = []
     predict_fn = make_predict_fn(model, params, batch_size, decode_kwargs=decode_kwargs, seed=seed)
-    for task in _tasks_with_split(mixture_or_task_name, task_feature_lengths, split):
-        examples, model_ds = _task_examples(task, task_feature_lengths, split)
-        predictions = dict(predict_fn(model_ds))
-        rows = [
-            {
-                "input": _decode(task, "inputs", ex["inputs"]),
-                "target": _decode(task, "targets", ex["targets"]),
-                "prediction": _decode(task, "targets", predictions[i]),
-            }
-            for i, ex in enumerate(examples)
-        ]
-        path = os.path.join(output_dir, "infer", f"{task.name}.jsonl")
-        _write_jsonl(path, rows)
-        paths.append(path)
-    return paths
+    return _write_outputs(predict_fn, mixture_or_task_name, task_feature_lengths, split, "prediction",
+                          lambda task, tokens: _decode(task, "targets", tokens),
+                          lambda name: os.path.join(output_dir, "infer", f"{name}.jsonl"))
 
 
 def score(
@@ -382,23 +391,10 @@ def score(
 ) -> list[str]:
     """Scores each example's given target and writes output_dir/<task>.scores.jsonl with
     {"input", "target", "score"} per line; score = summed target log-likelihood (nats)."""
-    paths = []
     score_fn = make_score_fn(model, params, batch_size)
-    for task in _tasks_with_split(mixture_or_task_name, task_feature_lengths, split):
-        examples, model_ds = _task_examples(task, task_feature_lengths, split)
-        scores = dict(score_fn(model_ds))
-        rows = [
-            {
-                "input": _decode(task, "inputs", ex["inputs"]),
-                "target": _decode(task, "targets", ex["targets"]),
-                "score": scores[i],
-            }
-            for i, ex in enumerate(examples)
-        ]
-        path = os.path.join(output_dir, f"{task.name}.scores.jsonl")
-        _write_jsonl(path, rows)
-        paths.append(path)
-    return paths
+    return _write_outputs(score_fn, mixture_or_task_name, task_feature_lengths, split, "score",
+                          lambda task, value: value,
+                          lambda name: os.path.join(output_dir, f"{name}.scores.jsonl"))
 
 
 def format_metrics_table(results: Mapping[str, Mapping[str, Any]]) -> str:

@@ -124,6 +124,14 @@ def _gin_error(exc: Exception) -> UserError:
     """Turns a gin exception into one line naming the key, with the closest registered names."""
     message = str(exc).strip().splitlines()
     first = message[0] if message else type(exc).__name__
+    macro = re.search(r"No bindings specified for '([^'/]+)/gin\.macro'", first)
+    required = re.search(r"^([A-Za-z_][\w.]*)/macro\.value set to `%gin\.REQUIRED`", first)
+    if required:
+        name = required.group(1)
+        return UserError(f"gin macro {name} is %gin.REQUIRED but not bound; pass --gin.{name}=VALUE or bind it in a gin file")
+    if macro:
+        return UserError(f"gin macro {macro.group(1)} is used but never bound; bind it in a gin file or with "
+                         f"--gin.{macro.group(1)}=VALUE (MODEL comes from a model file such as models/t5_1_1/small.gin)")
     location = next((line.strip() for line in message[1:] if "line" in line and ("In " in line or "file" in line)), "")
     match = re.search(r"matching '([^']+)'|'([^']+)' doesn't have a parameter named '([^']+)'", first)
     hint = ""
@@ -145,9 +153,9 @@ def load_gin(flags: Flags) -> None:
     files = [resolve_gin_file(f, search_paths) for f in flags.gin_files]
     try:
         gin.parse_config_files_and_bindings(files, flags.gin_bindings, finalize_config=False)
+        gin.finalize()
     except (ValueError, KeyError, SyntaxError, OSError) as exc:
         raise _gin_error(exc) from exc
-    gin.finalize()
 
 
 def run(mode: str = "train"):
