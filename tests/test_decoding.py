@@ -23,8 +23,8 @@ def make_model(batch, length, vocab, seed=0, scale=2.0):
 
     def tokens_to_logits(ids, cache):
         prev = ids[:, 0]
-        logits = jnp.asarray(a)[cache['row'], cache['pos'], prev] + jnp.asarray(b)[cache['row'], cache['pos'],
-                                                                                   cache['prev']]
+        row, pos = cache['row'], cache['pos']
+        logits = jnp.asarray(a)[row, pos, prev] + jnp.asarray(b)[row, pos, cache['prev']]
         new_cache = {'row': cache['row'], 'pos': cache['pos'] + 1, 'prev': prev, 'calls': cache['calls'] + 1}
         return logits, new_cache
 

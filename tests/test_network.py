@@ -191,7 +191,7 @@ def test_remat_keeps_outputs_and_gradients():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('override', [{'scan_layers': True}, {'remat_policy': 'everything'}])
+@pytest.mark.parametrize('override', [{'remat_policy': 'everything'}])
 def test_unsupported_options_are_user_errors(override):
     with pytest.raises(UserError, match=next(iter(override))):
         init(dataclasses.replace(TINY, **override), abstract=True)

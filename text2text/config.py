@@ -1,6 +1,7 @@
 """T5 model hyper-parameters: the frozen T5Config dataclass and the named presets."""
 import dataclasses
 import difflib
+from typing import Any
 
 from text2text.errors import UserError
 
@@ -25,6 +26,7 @@ class T5Config:
     one_hot_embedding: bool = False
     scan_layers: bool = False
     remat_policy: str = 'none'
+    peft: Any = None  # text2text.peft.PeftConfig: parameter-efficient tuning hooks; None = plain T5
 
 
 # (emb_dim, mlp_dim, num_heads, head_dim, num_layers per stack)

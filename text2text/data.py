@@ -45,6 +45,26 @@ def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
     return seqio.get_mixture_or_task(name)
 
 
+def require_cached(mixture_or_task_name: str, split: str) -> None:
+    """Raise UserError unless every task of the Task/Mixture has a completed seqio cache of `split`.
+
+    Caches are looked up in seqio's global cache dirs (`seqio.add_global_cache_dirs([DIR])`, or the
+    launcher's `launch.run.cache_dirs`); seqio would otherwise fall back to on-the-fly preprocessing silently.
+    """
+    source = get_mixture_or_task(mixture_or_task_name)
+    for task in source.tasks if isinstance(source, seqio.Mixture) else [source]:
+        if not task.supports_caching:
+            raise UserError(f'task {task.name!r} cannot be read from a cache: its preprocessors have no '
+                            'seqio.CacheDatasetPlaceholder; set use_cached=False')
+        cache_dir = task.cache_dir
+        if cache_dir is None or not tf.io.gfile.exists(seqio.get_cached_info_path(cache_dir, split)):
+            searched = ', '.join(seqio.utils.get_global_cache_dirs()) or 'none registered'
+            raise UserError(f'use_cached=True but task {task.name!r} has no cached {split!r} split (cache dirs '
+                            f'searched: {searched}); build it with `python -m tasks.cache --tasks={task.name} '
+                            '--output_cache_dir=DIR` and register DIR with --gin.launch.run.cache_dirs="[\'DIR\']" '
+                            "or seqio.add_global_cache_dirs(['DIR'])")
+
+
 def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str, batch_size: int,
                 shuffle: bool, seed: int | None, pack: bool, shard_info: seqio.ShardInfo | None = None,
                 num_epochs: int | None = None, use_cached: bool = False,
@@ -60,6 +80,8 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
     """
     _hide_gpus_from_tensorflow()
     source = get_mixture_or_task(mixture_or_task_name)
+    if use_cached:
+        require_cached(mixture_or_task_name, split)
     if shard_info is None:
         shard_info = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
     if batch_size < 1 or batch_size % shard_info.num_shards:

@@ -17,6 +17,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from text2text import data
 from text2text.errors import UserError
 
 MIXTURE_AVERAGE = "mixture average"
@@ -237,6 +238,8 @@ class TaskEvaluator:
         _check_batch_size(batch_size)
         _check_lengths(task_feature_lengths)
         tasks = _get_tasks(mixture_or_task_name)
+        if use_cached:
+            data.require_cached(mixture_or_task_name, split)
         valid = [t for t in tasks if _task_has_split(t, split) and (t.metric_fns or t.metric_objs)]
         if not valid:
             raise UserError(

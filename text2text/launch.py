@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import importlib
 import inspect
+import io
 import logging
 import os
 import re
 import sys
+import tokenize
 from typing import Sequence
 
 import gin
+from gin import resource_reader
 
 from text2text.errors import UserError
 
+# OSErrors the user fixes on their machine: one line, like a UserError, instead of a traceback.
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 GIN_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
 
 # mode name -> (module, function); gin files choose the mode with `launch.run.mode = "..."`.
@@ -97,6 +103,14 @@ def resolve_gin_file(path: str, search_paths: Sequence[str]) -> str:
         if os.path.isfile(candidate):
             if not os.access(candidate, os.R_OK):
                 raise UserError(f"gin file {candidate!r} is not readable")
+            try:
+                with open(candidate, encoding="utf-8") as f:
+                    f.read()
+            except UnicodeDecodeError as exc:
+                raise UserError(f"gin file {candidate!r} is not UTF-8 text (byte {exc.start}); expected a gin "
+                                "config file") from exc
+            except OSError as exc:
+                raise UserError(f"gin file {candidate!r} cannot be read: {exc.strerror}") from exc
             return candidate
     known = []
     for root in search_paths:
@@ -143,9 +157,26 @@ def _gin_error(exc: Exception) -> UserError:
     return UserError(f"gin: {first}{where}{hint}")
 
 
+def _package_gin_file_exists(path: str) -> bool:
+    """gin's test for a gin file inside a Python package, without its TypeError on namespace packages
+
+    (a folder such as the demo's `runs/` output would otherwise break `include "runs/finetune.gin"`)."""
+    try:
+        return resource_reader.system_path_file_exists(path)
+    except TypeError:
+        return False
+
+
+def _use_safe_gin_file_readers() -> None:
+    readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+    readers[:] = [(read, _package_gin_file_exists if exists is resource_reader.system_path_file_exists else exists)
+                  for read, exists in readers]
+
+
 def load_gin(flags: Flags) -> None:
     """Parses gin files and bindings into the global gin config (imports the task registry first)."""
     importlib.import_module("tasks")
+    _use_safe_gin_file_readers()
     search_paths = _search_paths(flags)
     for path in search_paths:
         if os.path.isdir(path):
@@ -156,13 +187,37 @@ def load_gin(flags: Flags) -> None:
         gin.finalize()
     except (ValueError, KeyError, SyntaxError, OSError) as exc:
         raise _gin_error(exc) from exc
+    except tokenize.TokenError as exc:  # an unclosed bracket or string runs to the end of the input
+        raise UserError(_unclosed_binding_message(flags.gin_bindings, exc)) from exc
 
 
-def run(mode: str = "train"):
-    """Runs one mode's entry point with its gin bindings."""
+def _unclosed_binding_message(bindings: Sequence[str], exc: tokenize.TokenError) -> str:
+    """Names the --gin binding whose bracket or string is never closed (gin only reports end of input)."""
+    for binding in bindings:
+        try:
+            list(tokenize.generate_tokens(io.StringIO(binding).readline))
+        except tokenize.TokenError:
+            key, _, value = binding.partition(" = ")
+            return f"--gin.{key}={value}: unclosed bracket or string in the value"
+    return f"gin: {exc.args[0]} (an unclosed bracket or string in a gin file)"
+
+
+def run(mode: str = "train", cache_dirs: Sequence[str] = (), coordinator_address: str | None = None,
+        num_processes: int | None = None, process_id: int | None = None):
+    """Runs one mode's entry point with its gin bindings.
+
+    First joins a multi-host job (the explicit coordinator_address/num_processes/process_id, else what
+    SLURM, Open MPI, Cloud TPU or JAX_COORDINATOR_ADDRESS provide) and adds `cache_dirs` to seqio's cache
+    directories, where `use_cached=True` reads tasks cached by `python -m tasks.cache`.
+    """
     if mode not in MODES:
         close = difflib.get_close_matches(mode, MODES, n=2)
         raise UserError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}" + (f" (did you mean {close[0]}?)" if close else ""))
+    partitioning = importlib.import_module("text2text.partitioning")
+    partitioning.maybe_initialize_distributed(coordinator_address, num_processes, process_id)
+    if cache_dirs:
+        importlib.import_module("seqio").add_global_cache_dirs([cache_dirs] if isinstance(cache_dirs, str)
+                                                               else list(cache_dirs))
     module_name, function_name = MODES[mode]
     function = getattr(importlib.import_module(module_name), function_name)
     try:
@@ -177,6 +232,8 @@ def main(argv: Sequence[str]) -> int:
     """Runs the command line; returns the process exit code."""
     debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("absl", "orbax", "jax", "tensorflow"):  # their INFO chatter buries the progress lines
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         flags = parse_flags(argv)
         if flags.help:
@@ -188,7 +245,15 @@ def main(argv: Sequence[str]) -> int:
     except UserError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        # gin appends "In call to configurable ..." lines to errors raised inside configurables; drop them.
+        print("error: " + re.sub(r"\n\s*In call to configurable .*", "", str(exc)), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        code = re.match(r"\[Errno (\d+)\]", str(exc))  # also in gin's re-raised proxies, whose .errno is None
+        if debug or not code or int(code.group(1)) not in _ENVIRONMENT_ERRNOS:
+            raise
+        message = re.sub(r"\n\s*In call to configurable .*", "", str(exc))
+        print(f"error: {message}; free space or fix the permissions, then rerun", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,7 +1,8 @@
 """T5 building blocks in Flax linen: RMSNorm, projections, attention with KV cache,
 relative position biases, gated MLP and the token embedding (T5X parameter names)."""
+import functools
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -18,6 +19,38 @@ def _param(module: nn.Module, name: str, init: Initializer, shape, axes: tuple[s
     """Create an fp32 parameter annotated with logical axis names (one per dimension)."""
     assert len(axes) == len(shape), (name, axes, shape)
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+def _matmul(x: jax.Array, kernel: jax.Array, out_dtype) -> jax.Array:
+    """x @ kernel over the last axis of x; on CPU with a kernel gradient that stays on XLA's fast GEMM path."""
+    if jax.default_backend() == 'cpu':
+        return _cpu_matmul(x, kernel, jnp.dtype(out_dtype))
+    return jnp.dot(x, kernel, preferred_element_type=out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _cpu_matmul(x: jax.Array, kernel: jax.Array, out_dtype) -> jax.Array:
+    """jnp.dot with the custom gradient below (same math as autodiff)."""
+    return jnp.dot(x, kernel, preferred_element_type=out_dtype)
+
+
+def _cpu_matmul_fwd(x, kernel, out_dtype):
+    return jnp.dot(x, kernel, preferred_element_type=out_dtype), (x, kernel)
+
+
+def _cpu_matmul_bwd(out_dtype, residuals, grad):
+    # XLA:CPU runs x^T @ grad written as a dot contracting dim 0 of both operands on a ~2x slower generic
+    # kernel (and recomputes grad in transposed layout for it); a materialised x^T behind an optimisation
+    # barrier (the transpose would otherwise be folded back into the dot) keeps it on the fast GEMM path.
+    del out_dtype
+    x, kernel = residuals
+    dx = jnp.dot(grad, kernel.T, preferred_element_type=jnp.float32).astype(x.dtype)
+    x_t = jax.lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T)
+    dk = jnp.dot(x_t, grad.reshape(-1, grad.shape[-1]), preferred_element_type=jnp.float32)
+    return dx, dk.astype(kernel.dtype)
+
+
+_cpu_matmul.defvjp(_cpu_matmul_fwd, _cpu_matmul_bwd)
 
 
 class RMSNorm(nn.Module):
@@ -40,12 +73,13 @@ class Dense(nn.Module):
     kernel_init: Initializer = default_kernel_init
     dtype: jnp.dtype = jnp.float32
     output_dtype: jnp.dtype | None = None  # e.g. fp32 logits from bf16 activations; None = dtype
+    peft: Any = None  # text2text.peft.PeftConfig: LoRA / BitFit hook on the output (None: plain projection)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = _param(self, 'kernel', self.kernel_init, (x.shape[-1], self.features), self.kernel_axes)
-        return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype),
-                       preferred_element_type=self.output_dtype or self.dtype)
+        y = _matmul(x.astype(self.dtype), kernel.astype(self.dtype), self.output_dtype or self.dtype)
+        return y if self.peft is None else self.peft.dense(self, x, y)
 
 
 class Embed(nn.Module):
@@ -112,9 +146,11 @@ class MultiHeadAttention(nn.Module):
     head_dim: int
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    peft: Any = None  # text2text.peft.PeftConfig: hooks on the projections and on self-attention K/V
 
     def _project(self, name: str, x: jax.Array, init: Initializer) -> jax.Array:
-        y = Dense(self.num_heads * self.head_dim, ('embed', 'joined_kv'), init, self.dtype, name=name)(x)
+        y = Dense(self.num_heads * self.head_dim, ('embed', 'joined_kv'), init, self.dtype, peft=self.peft,
+                  name=name)(x)
         y = y.reshape(*x.shape[:-1], self.num_heads, self.head_dim)
         return nn.with_logical_constraint(y, ('batch', 'length', 'heads', 'kv'))
 
@@ -136,6 +172,8 @@ class MultiHeadAttention(nn.Module):
             key, value = self._project_kv(inputs_kv)
             if decode:
                 key, value, bias = self._update_self_cache(key, value, bias)
+        if self.peft is not None:
+            key, value, bias = self.peft.attention_kv(self, key, value, bias)
 
         logits = jnp.einsum('bqhd,bkhd->bhqk', query, key, preferred_element_type=jnp.float32)
         if bias is not None:
@@ -147,7 +185,8 @@ class MultiHeadAttention(nn.Module):
             weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0)
         out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(self.dtype), value)
         out = out.reshape(*out.shape[:2], self.num_heads * self.head_dim)
-        return Dense(inputs_q.shape[-1], ('joined_kv', 'embed'), attention_kernel_init, self.dtype, name='out')(out)
+        return Dense(inputs_q.shape[-1], ('joined_kv', 'embed'), attention_kernel_init, self.dtype, peft=self.peft,
+                     name='out')(out)
 
     def _update_self_cache(self, key, value, bias):
         """Write this step's K/V at cache_index; return full cached K/V and the bias with future keys masked."""
@@ -195,17 +234,18 @@ class MlpBlock(nn.Module):
     activations: tuple[str, ...] = ('relu',)
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    peft: Any = None  # text2text.peft.PeftConfig: hooks on the projections
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         hidden = None
         for i, act in enumerate(self.activations):
             name = 'wi' if len(self.activations) == 1 else f'wi_{i}'
-            h = _ACTIVATIONS[act](Dense(self.mlp_dim, ('embed', 'mlp'), dtype=self.dtype, name=name)(x))
+            h = _ACTIVATIONS[act](Dense(self.mlp_dim, ('embed', 'mlp'), dtype=self.dtype, peft=self.peft, name=name)(x))
             hidden = h if hidden is None else hidden * h
         hidden = nn.with_logical_constraint(hidden, ('batch', 'length', 'mlp'))
         hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic=deterministic)
-        return Dense(x.shape[-1], ('mlp', 'embed'), dtype=self.dtype, name='wo')(hidden)
+        return Dense(x.shape[-1], ('mlp', 'embed'), dtype=self.dtype, peft=self.peft, name='wo')(hidden)
 
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {

@@ -1,5 +1,6 @@
 """Token-level losses and sequence scores for encoder-decoder training (pure jax.numpy, fp32)."""
 
+import functools
 from typing import Optional, Union
 
 import jax
@@ -54,6 +55,36 @@ def normalize_weights(weights, loss_normalizing_factor, segment_ids=None):
     return weights, jnp.asarray(loss_normalizing_factor, jnp.float32)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _logit_statistics(logits, targets, with_sum: bool):
+    """Per position: log-partition logsumexp(logits), the target id's logit (0 for ids outside the vocab) and,
+    if with_sum, the sum of all logits (else 0). Custom gradient: one fused pass over [..., vocab], no one-hot."""
+    return _logit_statistics_fwd(logits, targets, with_sum)[0]
+
+
+def _logit_statistics_fwd(logits, targets, with_sum):
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    in_vocab = (targets >= 0) & (targets < logits.shape[-1])
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1, mode='clip')[..., 0]
+    target_logit = jnp.where(in_vocab, target_logit, 0.0)
+    logit_sum = jnp.sum(logits, axis=-1) if with_sum else jnp.zeros_like(log_z)
+    return (log_z, target_logit, logit_sum), (logits, log_z, targets)
+
+
+def _logit_statistics_bwd(with_sum, residuals, cotangents):
+    logits, log_z, targets = residuals
+    d_log_z, d_target_logit, d_logit_sum = cotangents
+    grad = jnp.exp(logits - log_z[..., None]) * d_log_z[..., None]
+    is_target = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1) == targets[..., None]
+    grad = grad + jnp.where(is_target, d_target_logit[..., None], 0.0)
+    if with_sum:
+        grad = grad + d_logit_sum[..., None]
+    return grad, None
+
+
+_logit_statistics.defvjp(_logit_statistics_fwd, _logit_statistics_bwd)
+
+
 def cross_entropy_with_z_loss(logits, targets, weights=None, z_loss: float = 1e-4, label_smoothing: float = 0.0,
                               loss_normalizing_factor: Optional[Union[float, str]] = None, segment_ids=None):
     """Weighted, label-smoothed cross entropy plus z-loss (T5X semantics), summed over tokens.
@@ -74,12 +105,14 @@ def cross_entropy_with_z_loss(logits, targets, weights=None, z_loss: float = 1e-
     low_confidence = label_smoothing / (vocab_size - 1)
     normalizing_constant = -(confidence * jnp.log(confidence + 1e-20)
                              + (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    log_probs = logits - log_z[..., None]
-    soft_targets = jax.nn.one_hot(targets, vocab_size, dtype=jnp.float32) * (confidence - low_confidence)
-    soft_targets = soft_targets + low_confidence
+    smoothing = not isinstance(label_smoothing, (int, float)) or label_smoothing != 0
+    log_z, target_logit, logit_sum = _logit_statistics(logits, jnp.asarray(targets, jnp.int32), smoothing)
+    # -sum(soft_targets * log_softmax) with soft targets summing to 1, without a [..., vocab] one-hot.
+    cross_entropy = log_z - (confidence - low_confidence) * target_logit
+    if smoothing:
+        cross_entropy = cross_entropy - low_confidence * logit_sum
     token_z_loss = z_loss * jnp.square(log_z)
-    token_loss = -jnp.sum(soft_targets * log_probs, axis=-1) - normalizing_constant + token_z_loss
+    token_loss = cross_entropy - normalizing_constant + token_z_loss
     weights, divisor = normalize_weights(weights, loss_normalizing_factor, segment_ids)
     total_loss = jnp.sum(token_loss * weights)
     total_z_loss = jnp.sum(token_z_loss * weights)

@@ -85,7 +85,7 @@ class EncoderDecoderModel:
             loss_sum = loss
         else:
             loss_sum, _, _ = losses.cross_entropy_with_z_loss(logits, targets, weights, **loss_kwargs)
-        num_correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
+        num_correct = jnp.sum((decoding.argmax(logits) == targets) * weights)
         metrics = {
             'loss': loss,
             'z_loss': z_loss,

@@ -1,7 +1,6 @@
 """Entry points of the eval, infer and score modes: restore params from checkpoints, then run evaluation."""
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Mapping
 
@@ -44,11 +43,13 @@ def _setup(model, mesh_config, task_feature_lengths):
 def evaluate_checkpoints(model: EncoderDecoderModel, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                          model_dir: str | None = None, checkpoint_path: str | None = None, split: str = "validation",
                          batch_size: int = 32, decode_kwargs: Mapping[str, Any] | None = None,
-                         mesh_config: trainer.MeshConfig = trainer.MeshConfig()) -> dict[int | None, dict]:
+                         mesh_config: trainer.MeshConfig = trainer.MeshConfig(),
+                         use_cached: bool = False) -> dict[int | None, dict]:
     """Evaluates one checkpoint (CHECKPOINT_PATH) or every checkpoint in MODEL_DIR; metrics go to metrics.jsonl."""
     mesh, rules, abstract = _setup(model, mesh_config, task_feature_lengths)
     evaluator = evaluation.TaskEvaluator(model, mixture_or_task_name, task_feature_lengths, split=split,
-                                         batch_size=batch_size, model_dir=model_dir, decode_kwargs=decode_kwargs)
+                                         batch_size=batch_size, model_dir=model_dir, decode_kwargs=decode_kwargs,
+                                         use_cached=use_cached)
     results = {}
     for step, path in _checkpoint_paths(model_dir, checkpoint_path):
         params = pretrained.load_params(path, model.config, abstract)

@@ -5,12 +5,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from text2text import scan
 from text2text.config import T5Config
 from text2text.errors import UserError
 from text2text.layers import NEG_INF, Dense, Embed, MlpBlock, MultiHeadAttention, RelativePositionBias, RMSNorm
 
 EMBED_AXES = ('batch', 'length', 'embed')
-REMAT_POLICIES = {'none': None, 'full': None, 'minimal': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims}
+REMAT_POLICIES = {'none': None, 'full': None, 'minimal': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+                  'dots_saveable': jax.checkpoint_policies.dots_saveable}
 
 
 def attention_bias(query_valid: jax.Array, key_valid: jax.Array, query_segment_ids: jax.Array | None = None,
@@ -22,6 +24,11 @@ def attention_bias(query_valid: jax.Array, key_valid: jax.Array, query_segment_i
     if causal:
         mask &= jnp.tril(jnp.ones((query_valid.shape[1], key_valid.shape[1]), dtype=bool))
     return jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)[:, None]
+
+
+def _adapter(config: T5Config, x: jax.Array, sublayer: str) -> jax.Array:
+    """PEFT hook on a sublayer's output before its residual add (adapters); identity when config.peft is None."""
+    return x if config.peft is None else config.peft.adapter(x, sublayer)
 
 
 def _layer_class(cls, config: T5Config, static_argnums: tuple[int, ...]):
@@ -40,12 +47,13 @@ class EncoderLayer(nn.Module):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         x = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_attention_layer_norm')(inputs)
-        x = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype, name='attention')(
-            x, x, bias, deterministic)
-        x = dropout(x, deterministic=deterministic) + inputs
+        x = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype, peft=cfg.peft,
+                               name='attention')(x, x, bias, deterministic)
+        x = dropout(_adapter(cfg, x, 'attention'), deterministic=deterministic) + inputs
         y = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_mlp_layer_norm')(x)
-        y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, name='mlp')(y, deterministic)
-        y = dropout(y, deterministic=deterministic) + x
+        y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, peft=cfg.peft, name='mlp')(
+            y, deterministic)
+        y = dropout(_adapter(cfg, y, 'mlp'), deterministic=deterministic) + x
         return nn.with_logical_constraint(y, EMBED_AXES)
 
 
@@ -59,17 +67,18 @@ class DecoderLayer(nn.Module):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         x = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_self_attention_layer_norm')(inputs)
-        x = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype, name='self_attention')(
-            x, x, self_bias, deterministic, decode)
-        x = dropout(x, deterministic=deterministic) + inputs
+        x = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype, peft=cfg.peft,
+                               name='self_attention')(x, x, self_bias, deterministic, decode)
+        x = dropout(_adapter(cfg, x, 'self_attention'), deterministic=deterministic) + inputs
         y = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_cross_attention_layer_norm')(x)
-        y = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
+        y = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype, peft=cfg.peft,
                                name='encoder_decoder_attention')(y, encoded, cross_bias, deterministic, decode,
                                                                  cache_kv_once=True)
-        y = dropout(y, deterministic=deterministic) + x
+        y = dropout(_adapter(cfg, y, 'encoder_decoder_attention'), deterministic=deterministic) + x
         z = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_mlp_layer_norm')(y)
-        z = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, name='mlp')(z, deterministic)
-        z = dropout(z, deterministic=deterministic) + y
+        z = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, peft=cfg.peft, name='mlp')(
+            z, deterministic)
+        z = dropout(_adapter(cfg, z, 'mlp'), deterministic=deterministic) + y
         return nn.with_logical_constraint(z, EMBED_AXES)
 
 
@@ -83,15 +92,23 @@ class Encoder(nn.Module):
                  deterministic: bool = True) -> jax.Array:
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
-        x = dropout(self.shared_embedding(tokens), deterministic=deterministic)
+        x = self.shared_embedding(tokens)
+        mask = attention_bias(tokens > 0, tokens > 0, segment_ids, segment_ids)
+        if cfg.peft is not None:  # PEFT hook: prompt tuning prepends its prompt and extends the mask
+            x, mask = cfg.peft.encoder_inputs(x, tokens, segment_ids, mask, self.shared_embedding.embedding)
+        x = dropout(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, EMBED_AXES)
-        positions = jnp.arange(tokens.shape[1])
+        positions = jnp.arange(x.shape[1])
         relpos = RelativePositionBias(cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
                                       cfg.num_heads, bidirectional=True, name='relpos_bias')(positions, positions)
-        bias = attention_bias(tokens > 0, tokens > 0, segment_ids, segment_ids) + relpos
-        layer_cls = _layer_class(EncoderLayer, cfg, static_argnums=(3,))
-        for i in range(cfg.num_encoder_layers):
-            x = layer_cls(cfg, name=f'layers_{i}')(x, bias, deterministic)
+        bias = mask + relpos
+        if cfg.scan_layers:
+            x = scan.apply_scanned(EncoderLayer, cfg, cfg.num_encoder_layers,
+                                   lambda cls: _layer_class(cls, cfg, (3,)), x, bias, deterministic)
+        else:
+            layer_cls = _layer_class(EncoderLayer, cfg, static_argnums=(3,))
+            for i in range(cfg.num_encoder_layers):
+                x = layer_cls(cfg, name=f'layers_{i}')(x, bias, deterministic)
         x = RMSNorm(cfg.layer_norm_epsilon, dtype, name='encoder_norm')(x)
         return dropout(x, deterministic=deterministic)
 
@@ -113,9 +130,14 @@ class Decoder(nn.Module):
                                       cfg.num_heads, bidirectional=False, name='relpos_bias')(
                                           query_positions, key_positions)
         self_bias = relpos if self_bias is None else self_bias + relpos
-        layer_cls = _layer_class(DecoderLayer, cfg, static_argnums=(5, 6))
-        for i in range(cfg.num_decoder_layers):
-            x = layer_cls(cfg, name=f'layers_{i}')(x, encoded, self_bias, cross_bias, deterministic, decode)
+        if cfg.scan_layers:
+            x = scan.apply_scanned(DecoderLayer, cfg, cfg.num_decoder_layers,
+                                   lambda cls: _layer_class(cls, cfg, (5, 6)),
+                                   x, encoded, self_bias, cross_bias, deterministic, decode)
+        else:
+            layer_cls = _layer_class(DecoderLayer, cfg, static_argnums=(5, 6))
+            for i in range(cfg.num_decoder_layers):
+                x = layer_cls(cfg, name=f'layers_{i}')(x, encoded, self_bias, cross_bias, deterministic, decode)
         x = RMSNorm(cfg.layer_norm_epsilon, dtype, name='decoder_norm')(x)
         x = dropout(x, deterministic=deterministic)
         if cfg.logits_via_embedding:
@@ -127,7 +149,7 @@ class Decoder(nn.Module):
 
     def _positions(self, length: int, decode: bool) -> tuple[jax.Array, jax.Array]:
         """Query/key positions for the relative bias; a decode step's query sits at the cache index."""
-        cache = self.variables.get('cache', {}).get('layers_0', {}).get('self_attention')
+        cache = scan.first_layer_cache(self.variables.get('cache', {}), self.config.scan_layers, 'self_attention')
         if not decode or cache is None:
             return jnp.arange(length), jnp.arange(length)
         return cache['cache_index'][None], jnp.arange(cache['cached_key'].shape[1])
@@ -139,8 +161,6 @@ class Transformer(nn.Module):
 
     def setup(self):
         cfg = self.config
-        if cfg.scan_layers:
-            raise UserError('T5Config.scan_layers=True is not supported; set scan_layers=False')
         if cfg.remat_policy not in REMAT_POLICIES:
             raise UserError(f'T5Config.remat_policy={cfg.remat_policy!r} is not supported; '
                             f'expected one of {", ".join(REMAT_POLICIES)}')
@@ -169,6 +189,8 @@ class Transformer(nn.Module):
                                        causal=True)
             cross_bias = attention_bias(query_valid, encoder_input_tokens > 0, decoder_segment_ids,
                                         encoder_segment_ids)
+        if self.config.peft is not None:  # PEFT hook: prompt tuning's prompt positions are encoder keys too
+            cross_bias = self.config.peft.cross_attention_bias(cross_bias, encoder_input_tokens)
         return self.decoder(encoded, decoder_input_tokens, self_bias, cross_bias,
                             deterministic=not enable_dropout, decode=decode)
 

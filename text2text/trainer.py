@@ -4,12 +4,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
+import socket
 from typing import Any, Mapping
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
+import seqio
+from jax.experimental import multihost_utils
 
 from text2text import checkpoints, data, evaluation, optim, partitioning, pretrained, reporting
 from text2text.errors import UserError
@@ -39,7 +44,15 @@ class Run:
     metrics_log: reporting.MetricsLog
 
 
-def _validate(train_steps: int, batch_size: int, num_microbatches: int, model_dir: str) -> None:
+def _validate(train_steps: int, batch_size: int, num_microbatches: int, model_dir: str,
+              task_feature_lengths: Mapping[str, int], periods: Mapping[str, tuple[int, int]]) -> None:
+    if not isinstance(task_feature_lengths, Mapping) or any(
+            not isinstance(task_feature_lengths.get(k), int) or task_feature_lengths[k] <= 0 for k in ("inputs", "targets")):
+        raise UserError("TASK_FEATURE_LENGTHS must map 'inputs' and 'targets' to positive integers, e.g. "
+                        f"{{'inputs': 512, 'targets': 128}}; got {task_feature_lengths!r}")
+    for name, (value, smallest) in periods.items():
+        if not isinstance(value, int) or value < smallest:
+            raise UserError(f"trainer.train.{name} must be an integer >= {smallest}, got {value!r}")
     if not isinstance(train_steps, int) or train_steps <= 0:
         raise UserError(f"TRAIN_STEPS must be a positive integer, got {train_steps!r}")
     if not isinstance(batch_size, int) or batch_size <= 0:
@@ -91,21 +104,123 @@ def _start(model, tx, model_dir, mixture_or_task_name, task_feature_lengths, bat
     state = init_train_state(model, tx, mesh, rules, task_feature_lengths, seed)
     manager = checkpoints.CheckpointManager(model_dir, save_interval_steps=checkpoint_period,
                                             max_to_keep=keep_checkpoints)
-    latest = manager.latest_step()
-    if latest is not None:
-        state, data_state = manager.restore(latest, checkpoints.abstract_like(state))
+    restored = manager.restore_latest(checkpoints.abstract_like(state))
+    if restored is not None:
+        latest, state, data_state = restored
         iterator.restore(data_state)
         logging.info("resumed from %s at step %d", model_dir, latest)
     elif init_checkpoint:
         params = pretrained.load_params(init_checkpoint, model.config, state.params)
         state = state.replace(params=params)
         logging.info("initialised params from %s", init_checkpoint)
-    step = make_train_step(model.loss_fn, tx, num_microbatches, loss_normalizing_factor)
+    step = _skip_nonfinite(make_train_step(model.loss_fn, tx, num_microbatches, loss_normalizing_factor))
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     with partitioning.mesh_context(mesh, rules):
         step_fn = jax.jit(step, in_shardings=(state_shardings, partitioning.batch_sharding(mesh), None),
                           out_shardings=(state_shardings, None), donate_argnums=0)
     return Run(mesh, rules, state, step_fn, iterator, manager, reporting.MetricsLog(model_dir))
+
+
+def _check_task(model: EncoderDecoderModel, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                split: str, use_cached: bool) -> None:
+    """Fails before any compilation when the 'inputs' length keeps only a prefix shared by every example (a long
+    task prefix, a tiny length); warns when a task's vocabulary has more ids than the model's embedding."""
+    source = data.get_mixture_or_task(mixture_or_task_name)
+    for task in source.tasks if isinstance(source, seqio.Mixture) else [source]:
+        for name, feature in task.output_features.items():
+            if feature.vocabulary.vocab_size > model.config.vocab_size:
+                logging.warning("task %r: the %r vocabulary has %d ids but the model's vocab_size is %d; larger ids "
+                                "have no embedding", task.name, name, feature.vocabulary.vocab_size,
+                                model.config.vocab_size)
+        if "inputs" not in task.output_features:
+            continue
+        length = task_feature_lengths["inputs"]
+        examples = list(task.get_dataset(dict(task_feature_lengths), split=split, use_cached=use_cached,
+                                         shuffle=False, num_epochs=1, try_in_mem_cache=False)
+                        .take(8).as_numpy_iterator())
+        if (len(examples) > 1 and len({tuple(e["inputs"]) for e in examples}) == 1
+                and len(examples[0]["inputs"]) >= length and len({tuple(e["targets"]) for e in examples}) > 1):
+            kept = task.output_features["inputs"].vocabulary.decode(examples[0]["inputs"].tolist())
+            raise UserError(f"task {task.name!r}: TASK_FEATURE_LENGTHS['inputs']={length} keeps only {kept!r} of "
+                            "every example's inputs (their shared prefix); use a larger inputs length")
+
+
+def _check_init_checkpoint(path: str | None) -> None:
+    """Before any compilation: UserError if INITIAL_CHECKPOINT_PATH is missing, or (naming what to download)
+    if it is on Cloud Storage and this machine is offline."""
+    if not path:
+        return
+    if not str(path).startswith("gs://"):
+        pretrained.checkpoint_kind(path)
+        return
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), timeout=3).close()
+    except OSError:
+        raise UserError(f"INITIAL_CHECKPOINT_PATH {path} is on Cloud Storage, which this machine cannot reach; "
+                        f"download it elsewhere with `gsutil -m cp -r {path} LOCAL_DIR`, copy LOCAL_DIR here and "
+                        "set INITIAL_CHECKPOINT_PATH to it") from None
+
+
+def _skip_nonfinite(step_fn):
+    """Wraps a train step so that a non-finite loss, gradient or new parameter leaves params and optimizer
+    state unchanged (the step counter still advances); metrics['finite'] tells the host loop."""
+
+    def step(state: TrainState, batch, rng):
+        new_state, metrics = step_fn(state, batch, rng)
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        for leaf in jax.tree.leaves(new_state.params):
+            finite &= jnp.isfinite(leaf).all()
+        kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        return kept.replace(step=new_state.step), {**metrics, "finite": finite}
+
+    return step
+
+
+class _PreemptionFlag:
+    """Set by SIGTERM (single process) or by JAX's preemption sync point (multi-host), checked once a step."""
+
+    def __init__(self):
+        self.signalled = False
+        self._installed = False
+        self._previous = None
+        if jax.process_count() == 1:
+            try:
+                self._previous = signal.signal(signal.SIGTERM, self._handle)
+                self._installed = True
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.signalled = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            try:
+                return multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # preemption service not running
+                return False
+        return self.signalled
+
+    def uninstall(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
+            self._installed = False
+
+
+def _check_finite(step: int, finite: Any, skip: bool, run: Run, model_dir: str) -> bool:
+    """True if `step` was finite; a skipped step logs a warning, otherwise UserError (after pending saves)."""
+    if bool(finite):
+        return True
+    if skip:
+        logging.warning("step %d: non-finite loss, gradient or update; skipped it (params unchanged)", step)
+        return False
+    run.manager.wait_until_finished()
+    last = run.manager.latest_step()
+    kept = f"the last checkpoint (step {last}) in {model_dir} is intact" if last is not None else "no checkpoint was saved"
+    raise UserError(f"non-finite loss, gradient or update at step {step}; stopped without saving it and {kept}. "
+                    "Lower the learning rate or check the data, or set trainer.train.skip_nonfinite_steps = True "
+                    "to skip such steps")
 
 
 def _tokens(batch: Mapping[str, np.ndarray]) -> int:
@@ -141,13 +256,23 @@ def train(
     eval_batch_size: int | None = None,
     decode_kwargs: Mapping[str, Any] | None = None,
     init_checkpoint: str | None = None,
+    skip_nonfinite_steps: bool = False,
 ) -> dict[str, Any]:
-    """Trains `model` on a seqio task or mixture; resumes from MODEL_DIR's latest checkpoint if any.
+    """Trains `model` on a seqio task or mixture; resumes from MODEL_DIR's latest intact checkpoint if any.
 
-    Returns the final step, the last train metrics and the last eval results.
+    A step with a non-finite loss, gradient or update is never applied: training stops with a UserError
+    naming it, or skips it with a warning when `skip_nonfinite_steps`. SIGTERM (preemption) saves a
+    checkpoint at the current step and returns normally. Returns the final step, the last train metrics,
+    the last eval results, the number of skipped steps and whether the run was preempted.
     """
     partitioning.maybe_initialize_distributed()
-    _validate(train_steps, batch_size, num_microbatches, model_dir)
+    _validate(train_steps, batch_size, num_microbatches, model_dir, task_feature_lengths,
+              {"checkpoint_period": (checkpoint_period, 1), "log_period": (log_period, 1),
+               "eval_period": (eval_period, 0)})
+    data.get_mixture_or_task(mixture_or_task_name)  # an unknown name fails before any compilation
+    if not any(name.isdigit() for name in os.listdir(model_dir)):  # a fresh run (a resumed one passed these)
+        _check_task(model, mixture_or_task_name, task_feature_lengths, split, use_cached)
+        _check_init_checkpoint(init_checkpoint)
     write_gin_config(model_dir)
     tx = optimizer or optim.adafactor(learning_rate=optim.constant_schedule(1e-3))
     run = _start(model, tx, model_dir, mixture_or_task_name, task_feature_lengths, batch_size, seed, pack, split,
@@ -165,25 +290,42 @@ def train(
             batch_size=eval_batch_size or batch_size, model_dir=model_dir, decode_kwargs=decode_kwargs, seed=seed,
             use_cached=use_cached)
 
-    for step in range(start_step + 1, train_steps + 1):
-        batch = next(run.iterator)
-        tokens_since_log += _tokens(batch)
-        with partitioning.mesh_context(run.mesh, run.rules):
-            run.state, metrics = run.step_fn(run.state, partitioning.shard_batch(batch, run.mesh), rng)
-        if step % log_period == 0 or step == train_steps:
-            last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            last_metrics["loss_per_token"] = _per_token_loss(last_metrics)
-            progress.update(step, last_metrics["loss_per_token"], tokens_since_log)
-            run.metrics_log.write(step, {"loss": last_metrics["loss_per_token"], **last_metrics})
-            tokens_since_log = 0
-        if step % checkpoint_period == 0 or step == train_steps:
-            run.manager.save(step, run.state, run.iterator.state(), force=True)
-        if eval_period and (step % eval_period == 0 or step == train_steps):
+    preemption = _PreemptionFlag()
+    pending, skipped, preempted = None, 0, False  # (step, finite flag), read one step late to keep the device busy
+    try:
+        for step in range(start_step + 1, train_steps + 1):
+            batch = next(run.iterator)
+            tokens_since_log += _tokens(batch)
             with partitioning.mesh_context(run.mesh, run.rules):
-                eval_results = evaluator.evaluate(run.state.params, step=step)
-            progress.message(f"eval at step {step}:\n{evaluation.format_metrics_table(eval_results)}")
+                run.state, metrics = run.step_fn(run.state, partitioning.shard_batch(batch, run.mesh), rng)
+            finite = metrics.pop("finite")
+            if pending is not None:
+                skipped += not _check_finite(*pending, skip_nonfinite_steps, run, model_dir)
+            pending = (step, finite)
+            if step % log_period == 0 or step == train_steps:
+                last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                last_metrics["loss_per_token"] = _per_token_loss(last_metrics)
+                progress.update(step, last_metrics["loss_per_token"], tokens_since_log)
+                run.metrics_log.write(step, {**last_metrics, "loss": last_metrics["loss_per_token"]})
+                tokens_since_log = 0
+            preempted = preemption.reached(step)
+            if step % checkpoint_period == 0 or step == train_steps or preempted:
+                skipped += not _check_finite(*pending, skip_nonfinite_steps, run, model_dir)
+                pending = None
+                run.manager.save(step, run.state, run.iterator.state(), force=True)
+            if preempted:
+                progress.message(f"preempted: saved a checkpoint at step {step} in {model_dir}; "
+                                 "rerun the same command to resume")
+                break
+            if eval_period and (step % eval_period == 0 or step == train_steps):
+                with partitioning.mesh_context(run.mesh, run.rules):
+                    eval_results = evaluator.evaluate(run.state.params, step=step)
+                progress.message(f"eval at step {step}:\n{evaluation.format_metrics_table(eval_results)}")
+    finally:
+        preemption.uninstall()
     run.manager.wait_until_finished()
     run.manager.close()
     run.metrics_log.close()
     reporting.plot_loss(model_dir)
-    return {"step": int(run.state.step), "metrics": last_metrics, "eval": eval_results, "state": run.state}
+    return {"step": int(run.state.step), "metrics": last_metrics, "eval": eval_results, "state": run.state,
+            "skipped_steps": skipped, "preempted": preempted}

@@ -1,0 +1,142 @@
+"""Shared benchmark set-up: equal CPU threads for JAX and torch, the benchmark model, both trainers, timing.
+
+Import this module and call `setup_threads()` before importing jax/torch: it pins the process to `--threads`
+CPUs (default: all allowed), which sizes XLA's intra-op pool (XLA reads the CPU affinity), and sets torch's
+intra-op threads to the same number.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any, Callable, Mapping
+
+LEARNING_RATE = 1e-3
+
+
+def setup_threads(**defaults: int) -> argparse.Namespace:
+    """Parses --threads/--rounds/--steps (plus int options in `defaults`) and pins the process to --threads CPUs."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument('--rounds', type=int, default=defaults.pop('rounds', 5))
+    parser.add_argument('--steps', type=int, default=defaults.pop('steps', 5), help='timed calls per round')
+    parser.add_argument('--parts', action='store_true', help='also time forward / forward+backward')
+    for name, value in defaults.items():
+        parser.add_argument(f'--{name}', type=int, default=value)
+    args = parser.parse_args()
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
+    for key, value in {'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2',
+                       'TOKENIZERS_PARALLELISM': 'false', 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1',
+                       'OMP_NUM_THREADS': str(args.threads)}.items():
+        os.environ.setdefault(key, value)
+    import torch
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def bench_config(**overrides):
+    """The benchmark model: T5.1.1-style, d_model 256, 4 heads x 64, d_ff 1024 gated-gelu, 4+4 layers, untied."""
+    from text2text.config import get_config
+    settings = dict(vocab_size=32128, emb_dim=256, num_heads=4, head_dim=64, mlp_dim=1024,
+                    num_encoder_layers=4, num_decoder_layers=4, dropout_rate=0.0)
+    settings.update(overrides)
+    return get_config('t5_1_1_small', **settings)
+
+
+def hf_model(config, train: bool):
+    """transformers T5ForConditionalGeneration with the shape of our `config` (fresh random weights)."""
+    import torch
+    import transformers
+    from text2text.convert.hf import config_to_hf
+    torch.manual_seed(0)
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**config_to_hf(config)))
+    return model.train() if train else model.eval()
+
+
+class OurTrainer:
+    """Our jitted train step (EncoderDecoderModel.loss_fn + T5X-default Adafactor), state donated each step."""
+
+    def __init__(self, config, example_batch: Mapping[str, Any]):
+        import flax
+        import jax
+        from text2text import models, optim, train_state
+        self.model = models.EncoderDecoderModel(config)
+        params = flax.core.meta.unbox(self.model.init_variables(jax.random.PRNGKey(0), example_batch)['params'])
+        tx = optim.adafactor(learning_rate=optim.constant_schedule(LEARNING_RATE))
+        self.state = train_state.TrainState.create(params, tx)
+        self._step = jax.jit(train_state.make_train_step(self.model.loss_fn, tx), donate_argnums=0)
+        self._loss = jax.jit(lambda p, b: self.model.loss_fn(p, b, None)[0])
+        self._grad = jax.jit(jax.grad(lambda p, b: self.model.loss_fn(p, b, None)[0]))
+        self._rng = jax.random.PRNGKey(1)
+
+    @staticmethod
+    def prepare(batch: Mapping[str, Any]):
+        import jax
+        return jax.device_put(dict(batch))
+
+    def step(self, batch) -> None:
+        import jax
+        self.state, metrics = self._step(self.state, batch, self._rng)
+        jax.block_until_ready(metrics['loss'])
+
+    def forward(self, batch) -> None:
+        import jax
+        jax.block_until_ready(self._loss(self.state.params, batch))
+
+    def forward_backward(self, batch) -> None:
+        import jax
+        jax.block_until_ready(self._grad(self.state.params, batch))
+
+
+class HfTrainer:
+    """HF T5ForConditionalGeneration train step (torch eager) with transformers' Adafactor set like T5X's:
+    fixed lr, scale_parameter (relative step size), no relative_step schedule, decay -0.8, clip 1.0, no momentum."""
+
+    def __init__(self, config):
+        import transformers
+        self.model = hf_model(config, train=True)
+        self.optimizer = transformers.optimization.Adafactor(
+            self.model.parameters(), lr=LEARNING_RATE, scale_parameter=True, relative_step=False,
+            warmup_init=False, clip_threshold=1.0, decay_rate=-0.8, beta1=None)
+
+    @staticmethod
+    def prepare(batch: Mapping[str, Any]) -> dict:
+        """Our feature batch (unpacked) as HF tensors; padded target positions get label -100 (ignored)."""
+        import torch
+        inputs = torch.from_numpy(batch['encoder_input_tokens']).long()
+        targets = torch.from_numpy(batch['decoder_target_tokens']).long()
+        return {'input_ids': inputs, 'attention_mask': (inputs > 0).long(),
+                'decoder_input_ids': torch.from_numpy(batch['decoder_input_tokens']).long(),
+                'labels': torch.where(targets > 0, targets, torch.full_like(targets, -100))}
+
+    def step(self, batch) -> None:
+        self.model(**batch).loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def forward(self, batch) -> None:
+        import torch
+        with torch.no_grad():
+            self.model(**batch)
+
+    def forward_backward(self, batch) -> None:
+        self.model(**batch).loss.backward()
+        self.model.zero_grad(set_to_none=True)
+
+
+def interleaved(runners: dict[str, Callable[[], None]], rounds: int, calls: int) -> dict[str, float]:
+    """Median seconds per call of each runner, timed in `rounds` interleaved rounds of `calls` calls each."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            for _ in range(calls):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def load_note() -> str:
+    """1-minute load average, CPU count and threads used, printed next to timings (other processes skew them)."""
+    return f'load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs, threads {len(os.sched_getaffinity(0))}'
