@@ -141,7 +141,8 @@ def saved_shapes(state_dir: str | epath.PathLike) -> dict[str, tuple[int, ...]]:
 
 def check_shapes(saved: dict[str, tuple], expected: dict[str, tuple], where: str) -> None:
     """UserError naming the first parameter whose shape differs (or that only one side has) and both shapes."""
-    order = sorted(set(saved) | set(expected), key=lambda k: (not k.endswith(_EMBEDDING), not k.startswith(PARAMS_KEY), k))
+    order = sorted(set(saved) | set(expected),
+                   key=lambda k: (not k.endswith(_EMBEDDING), not k.startswith(PARAMS_KEY), k))
     problems = []
     for key in order:
         mine, theirs = expected.get(key), saved.get(key)

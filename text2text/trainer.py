@@ -46,8 +46,8 @@ class Run:
 
 def _validate(train_steps: int, batch_size: int, num_microbatches: int, model_dir: str,
               task_feature_lengths: Mapping[str, int], periods: Mapping[str, tuple[int, int]]) -> None:
-    if not isinstance(task_feature_lengths, Mapping) or any(
-            not isinstance(task_feature_lengths.get(k), int) or task_feature_lengths[k] <= 0 for k in ("inputs", "targets")):
+    lengths = task_feature_lengths if isinstance(task_feature_lengths, Mapping) else {}
+    if any(not isinstance(lengths.get(k), int) or lengths[k] <= 0 for k in ("inputs", "targets")):
         raise UserError("TASK_FEATURE_LENGTHS must map 'inputs' and 'targets' to positive integers, e.g. "
                         f"{{'inputs': 512, 'targets': 128}}; got {task_feature_lengths!r}")
     for name, (value, smallest) in periods.items():
@@ -217,7 +217,7 @@ def _check_finite(step: int, finite: Any, skip: bool, run: Run, model_dir: str) 
         return False
     run.manager.wait_until_finished()
     last = run.manager.latest_step()
-    kept = f"the last checkpoint (step {last}) in {model_dir} is intact" if last is not None else "no checkpoint was saved"
+    kept = "no checkpoint was saved" if last is None else f"the last checkpoint (step {last}) in {model_dir} is intact"
     raise UserError(f"non-finite loss, gradient or update at step {step}; stopped without saving it and {kept}. "
                     "Lower the learning rate or check the data, or set trainer.train.skip_nonfinite_steps = True "
                     "to skip such steps")
