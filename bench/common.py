@@ -1,38 +1,44 @@
-"""Shared benchmark set-up: equal CPU threads for JAX and torch, the benchmark model, both trainers, timing.
+"""Shared benchmark machinery: CPU/thread set-up, the benchmark model, both trainers, and worker processes.
 
-Import this module and call `setup_threads()` before importing jax/torch: it pins the process to `--threads`
-CPUs (default: all allowed), which sizes XLA's intra-op pool (XLA reads the CPU affinity), and sets torch's
-intra-op threads to the same number.
+Each framework runs in its own spawned worker process (`Worker`): JAX's and torch's thread pools in one process
+steal each other's cores (we measured HF steps 5-15x slower next to a live JAX runtime). The parent imports
+neither framework; it interleaves timing rounds between the workers. Every worker is pinned to the same
+`--threads` CPUs: XLA sizes its intra-op pool from the CPU affinity, torch gets set_num_threads(threads).
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import time
+import traceback
 from typing import Any, Callable, Mapping
 
 LEARNING_RATE = 1e-3
+ENVIRONMENT = {'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2',
+               'TOKENIZERS_PARALLELISM': 'false', 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
 
 
-def setup_threads(**defaults: int) -> argparse.Namespace:
-    """Parses --threads/--rounds/--steps (plus int options in `defaults`) and pins the process to --threads CPUs."""
+def parse_args(**defaults: int) -> argparse.Namespace:
+    """--threads (default: all allowed CPUs), --rounds, --steps and the int options given in `defaults`."""
     parser = argparse.ArgumentParser()
     parser.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument('--rounds', type=int, default=defaults.pop('rounds', 5))
     parser.add_argument('--steps', type=int, default=defaults.pop('steps', 5), help='timed calls per round')
-    parser.add_argument('--parts', action='store_true', help='also time forward / forward+backward')
+    parser.add_argument('--parts', action='store_true', help='also time forward and forward+backward')
     for name, value in defaults.items():
         parser.add_argument(f'--{name}', type=int, default=value)
-    args = parser.parse_args()
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
-    for key, value in {'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2',
-                       'TOKENIZERS_PARALLELISM': 'false', 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1',
-                       'OMP_NUM_THREADS': str(args.threads)}.items():
+    return parser.parse_args()
+
+
+def configure(threads: int) -> None:
+    """Pins this process to `threads` CPUs and sets torch's intra-op threads to match (before jax is imported)."""
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
+    for key, value in {**ENVIRONMENT, 'OMP_NUM_THREADS': str(threads)}.items():
         os.environ.setdefault(key, value)
     import torch
-    torch.set_num_threads(args.threads)
-    return args
+    torch.set_num_threads(threads)
 
 
 def bench_config(**overrides):
@@ -125,18 +131,70 @@ class HfTrainer:
         self.model.zero_grad(set_to_none=True)
 
 
-def interleaved(runners: dict[str, Callable[[], None]], rounds: int, calls: int) -> dict[str, float]:
-    """Median seconds per call of each runner, timed in `rounds` interleaved rounds of `calls` calls each."""
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            for _ in range(calls):
+def _serve(connection, threads: int, builder: Callable[..., dict], args: tuple) -> None:
+    """Worker loop: build the named runners, then answer ('time', name, calls) and ('call', name) requests."""
+    try:
+        configure(threads)
+        runners = builder(*args)
+        connection.send(('ok', sorted(runners)))
+        while True:
+            request = connection.recv()
+            if request[0] == 'stop':
+                return
+            run = runners[request[1]]
+            if request[0] == 'call':
+                connection.send(('ok', run()))
+                continue
+            times = []
+            for _ in range(request[2]):
                 start = time.perf_counter()
                 run()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+                times.append(time.perf_counter() - start)
+            connection.send(('ok', times))
+    except Exception:  # the parent re-raises it with the worker's traceback
+        connection.send(('error', traceback.format_exc()))
+
+
+class Worker:
+    """Runners from `builder(*args)` (a module-level function returning {name: callable}) in a spawned process."""
+
+    def __init__(self, threads: int, builder: Callable[..., dict], *args):
+        context = multiprocessing.get_context('spawn')
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child, threads, builder, args), daemon=True)
+        self._process.start()
+        self.names = self._reply()
+
+    def _reply(self):
+        status, value = self._connection.recv()
+        if status == 'error':
+            raise RuntimeError(f'benchmark worker failed:\n{value}')
+        return value
+
+    def call(self, name: str):
+        """Result of one call of runner `name` (e.g. tokens or counts to check)."""
+        self._connection.send(('call', name))
+        return self._reply()
+
+    def time(self, name: str, calls: int) -> list[float]:
+        """Seconds of each of `calls` consecutive calls of runner `name`."""
+        self._connection.send(('time', name, calls))
+        return self._reply()
+
+    def close(self) -> None:
+        self._connection.send(('stop',))
+        self._process.join()
+
+
+def interleaved(runners: dict[str, tuple[Worker, str]], rounds: int, calls: int) -> dict[str, float]:
+    """Median seconds per call of each (worker, runner name), timed in `rounds` interleaved rounds of `calls`."""
+    times: dict[str, list[float]] = {label: [] for label in runners}
+    for _ in range(rounds):
+        for label, (worker, name) in runners.items():
+            times[label].extend(worker.time(name, calls))
+    return {label: statistics.median(values) for label, values in times.items()}
 
 
 def load_note() -> str:
     """1-minute load average, CPU count and threads used, printed next to timings (other processes skew them)."""
-    return f'load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs, threads {len(os.sched_getaffinity(0))}'
+    return f'load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs'

@@ -1,21 +1,19 @@
 """Packing: non-padding tokens/s training on a GLUE-like mixture of short examples, ours packed vs HF padded.
 
 Five in-memory seqio tasks (byte vocabulary, so 1 byte = 1 token) with GLUE-like input lengths and 3-byte labels
-are mixed at equal rates. The same examples (same order) go through text2text.data.get_dataset with
-EncDecFeatureConverter pack=True (ours) and pack=False (HF T5ForConditionalGeneration, each example padded to
-inputs 128 / targets 16; also timed for our model, to separate the packing gain from the step speed).
-Batch 8 rows, fp32, model common.bench_config. Run:
+are mixed at equal rates. The same examples, in the same order, go through text2text.data.get_dataset with
+EncDecFeatureConverter pack=True (ours) and pack=False (HF T5ForConditionalGeneration: each example padded to
+inputs 128 / targets 16; our model is timed on these padded batches too, to separate the packing gain from the
+step speed). Batch 8 rows, fp32, model common.bench_config, each framework in its own worker process. Run:
 `.venv/bin/python bench/packing.py [--threads N] [--rounds R] [--examples E]` (E examples per task).
 """
-import statistics
-import time
+import numpy as np
 
-from common import HfTrainer, OurTrainer, bench_config, load_note, setup_threads
+from common import HfTrainer, OurTrainer, Worker, bench_config, interleaved, load_note, parse_args
 
-ARGS = setup_threads(rounds=2, examples=40)
 BATCH = 8
 FEATURE_LENGTHS = {'inputs': 128, 'targets': 16}
-# name: (min, max) input length in tokens including the task prefix, labels (3 bytes; + EOS = 4 target tokens)
+# name: (min, max) input length in tokens including the task prefix and EOS; labels are 3 bytes (+ EOS)
 TASKS = {
     'cola': ((8, 30), ('yes', 'not')),
     'sst2': ((10, 60), ('pos', 'neg')),
@@ -24,12 +22,6 @@ TASKS = {
     'stsb': ((15, 70), ('1.2', '3.4', '4.8')),
 }
 MIXTURE = 'bench_glue_like'
-
-import numpy as np  # noqa: E402
-import seqio  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from text2text import data  # noqa: E402
 
 
 def _examples(name: str, count: int, seed: int) -> dict[str, list[str]]:
@@ -47,8 +39,10 @@ def _examples(name: str, count: int, seed: int) -> dict[str, list[str]]:
     return {'inputs': inputs, 'targets': targets}
 
 
-def register(count: int) -> None:
+def _register(count: int) -> None:
     """Registers the five tasks (train split, `count` examples each) and their equal-rate mixture."""
+    import seqio
+    import tensorflow as tf
     vocabulary = seqio.ByteVocabulary()
     features = {key: seqio.Feature(vocabulary) for key in FEATURE_LENGTHS}
     for seed, name in enumerate(TASKS):
@@ -61,44 +55,52 @@ def register(count: int) -> None:
     seqio.MixtureRegistry.add(MIXTURE, [(f'bench_{name}', 1.0) for name in TASKS])
 
 
-def batches(pack: bool) -> list[dict[str, np.ndarray]]:
-    """All batches of one epoch of the mixture (same examples and order for both settings), last one zero-padded."""
+def _batches(pack: bool) -> list[dict[str, np.ndarray]]:
+    """One epoch of the mixture as batches (same examples and order either way), the last one zero-padded."""
+    from text2text import data
     dataset = data.get_dataset(MIXTURE, FEATURE_LENGTHS, 'train', BATCH, shuffle=False, seed=0, pack=pack,
                                num_epochs=1)
     return [data.pad_batch(batch, BATCH)[0] for batch in dataset.as_numpy_iterator()]
 
 
-def real_tokens(batch_list) -> int:
+def _real_tokens(batches) -> int:
     """Non-padding input plus target tokens."""
-    return sum(int((b['encoder_input_tokens'] > 0).sum() + (b['decoder_target_tokens'] > 0).sum())
-               for b in batch_list)
+    return sum(int((b['encoder_input_tokens'] > 0).sum() + (b['decoder_target_tokens'] > 0).sum()) for b in batches)
+
+
+def build(framework: str, examples: int) -> dict:
+    """Runners 'packed' (ours only) and 'padded': one training pass over the epoch's batches; 'count': stats."""
+    _register(examples)
+    streams = {'padded': _batches(pack=False)}
+    if framework == 'ours':
+        streams['packed'] = _batches(pack=True)
+    config = bench_config()
+    trainer = OurTrainer(config, streams['padded'][0]) if framework == 'ours' else HfTrainer(config)
+    runners = {'count': lambda: {name: (len(b), _real_tokens(b)) for name, b in streams.items()}}
+    for name, batches in streams.items():
+        prepared = [trainer.prepare(batch) for batch in batches]
+        trainer.step(prepared[0])  # compile / warm up
+        runners[name] = lambda prepared=prepared: [trainer.step(batch) for batch in prepared]
+    return runners
 
 
 def main() -> None:
-    register(ARGS.examples)
-    packed, padded = batches(pack=True), batches(pack=False)
-    tokens = real_tokens(packed)
-    assert tokens == real_tokens(padded), 'packed and padded streams hold different examples'
+    args = parse_args(rounds=2, steps=1, examples=40)
+    ours = Worker(args.threads, build, 'ours', args.examples)
+    hf = Worker(args.threads, build, 'hf', args.examples)
+    counts = ours.call('count')
+    (padded_batches, tokens), (packed_batches, packed_tokens) = counts['padded'], counts['packed']
+    assert tokens == packed_tokens == hf.call('count')['padded'][1], 'the streams hold different examples'
     slots = BATCH * sum(FEATURE_LENGTHS.values())
-    config = bench_config()
-    ours, hf = OurTrainer(config, padded[0]), HfTrainer(config)
-    runs = {'ours packed': (ours, [ours.prepare(b) for b in packed]),
-            'ours padded': (ours, [ours.prepare(b) for b in padded]),
-            'HF padded': (hf, [hf.prepare(b) for b in padded])}
-    for trainer, prepared in runs.values():  # compile and warm up
-        trainer.step(prepared[0])
-    print(f'# {tokens} real tokens; {len(padded)} padded batches ({tokens / (len(padded) * slots):.0%} real), '
-          f'{len(packed)} packed batches ({tokens / (len(packed) * slots):.0%} real)', flush=True)
-    print(f'# {load_note()}; {ARGS.rounds} interleaved rounds of one pass each', flush=True)
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(ARGS.rounds):
-        for name, (trainer, prepared) in runs.items():
-            start = time.perf_counter()
-            for batch in prepared:
-                trainer.step(batch)
-            seconds[name].append(time.perf_counter() - start)
-    rate = {name: tokens / statistics.median(values) for name, values in seconds.items()}
-    print(f'# {load_note()}; ours padded {rate["ours padded"]:.0f} tokens/s')
+    print(f'# {tokens} real tokens; {padded_batches} padded batches ({tokens / (padded_batches * slots):.0%} real), '
+          f'{packed_batches} packed batches ({tokens / (packed_batches * slots):.0%} real)')
+    print(f'# {load_note()}, threads {args.threads}; {args.rounds} interleaved rounds of one pass each', flush=True)
+    seconds = interleaved({'ours packed': (ours, 'packed'), 'ours padded': (ours, 'padded'),
+                           'HF padded': (hf, 'padded')}, args.rounds, args.steps)
+    ours.close()
+    hf.close()
+    rate = {name: tokens / value for name, value in seconds.items()}
+    print(f'# {load_note()}; ours on padded batches {rate["ours padded"]:.0f} tokens/s')
     print(f'packing: ours {rate["ours packed"]:.0f} tokens/s, HF {rate["HF padded"]:.0f} tokens/s, '
           f'ratio {rate["ours packed"] / rate["HF padded"]:.2f}')
 

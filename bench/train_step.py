@@ -1,15 +1,15 @@
 """Train-step speed: our jitted Adafactor step vs transformers' T5ForConditionalGeneration (torch eager, CPU).
 
-Same shape (common.bench_config), batch 8, inputs 128, targets 32, fp32, the same random tokens; steady state
-(compile and warm-up excluded), interleaved rounds, medians. Run from the repo root:
+Same shape (common.bench_config), batch 8, inputs 128, targets 32, fp32, the same random tokens; each framework
+in its own worker process with the same CPUs/threads; steady state (compile and warm-up excluded), interleaved
+rounds, medians. Run from the repo root:
 `.venv/bin/python bench/train_step.py [--threads N] [--rounds R] [--steps S] [--parts]`.
 """
-from common import HfTrainer, OurTrainer, bench_config, interleaved, load_note, setup_threads
+import numpy as np
 
-ARGS = setup_threads()
+from common import HfTrainer, OurTrainer, Worker, bench_config, interleaved, load_note, parse_args
+
 BATCH, INPUTS, TARGETS = 8, 128, 32
-
-import numpy as np  # noqa: E402
 
 
 def random_batch(vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -23,28 +23,36 @@ def random_batch(vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
             'decoder_target_tokens': targets, 'decoder_loss_weights': np.ones_like(targets)}
 
 
-def main() -> None:
+def build(framework: str) -> dict:
+    """Runners 'step', 'fwd', 'fwd+bwd' of one framework on the benchmark batch, compiled and warmed up."""
     config = bench_config()
     batch = random_batch(config.vocab_size)
-    ours, hf = OurTrainer(config, batch), HfTrainer(config)
-    our_batch, hf_batch = ours.prepare(batch), hf.prepare(batch)
-    runners = {'ours': lambda: ours.step(our_batch), 'HF': lambda: hf.step(hf_batch)}
-    if ARGS.parts:
-        runners.update({'ours fwd': lambda: ours.forward(our_batch), 'HF fwd': lambda: hf.forward(hf_batch),
-                        'ours fwd+bwd': lambda: ours.forward_backward(our_batch),
-                        'HF fwd+bwd': lambda: hf.forward_backward(hf_batch)})
-    for run in runners.values():  # compile and warm up
+    trainer = OurTrainer(config, batch) if framework == 'ours' else HfTrainer(config)
+    prepared = trainer.prepare(batch)
+    runners = {'step': lambda: trainer.step(prepared), 'fwd': lambda: trainer.forward(prepared),
+               'fwd+bwd': lambda: trainer.forward_backward(prepared)}
+    for run in runners.values():
         run()
         run()
-    print(f'# {load_note()}; {ARGS.rounds} interleaved rounds x {ARGS.steps} steps; median s/step', flush=True)
-    times = interleaved(runners, ARGS.rounds, ARGS.steps)
-    if ARGS.parts:
-        for part in ('fwd', 'fwd+bwd'):
-            ours_s, hf_s = times[f'ours {part}'], times[f'HF {part}']
-            print(f'{part}: ours {ours_s:.4f} s, HF {hf_s:.4f} s, ratio {ours_s / hf_s:.2f}')
+    return runners
+
+
+def main() -> None:
+    args = parse_args()
+    workers = {'ours': Worker(args.threads, build, 'ours'), 'HF': Worker(args.threads, build, 'hf')}
+    parts = ('step', 'fwd', 'fwd+bwd') if args.parts else ('step',)
+    runners = {(side, part): (worker, part) for part in parts for side, worker in workers.items()}
+    print(f'# {load_note()}, threads {args.threads} (XLA and torch); {args.rounds} interleaved rounds x '
+          f'{args.steps} steps; median s/step', flush=True)
+    times = interleaved(runners, args.rounds, args.steps)
+    for worker in workers.values():
+        worker.close()
+    for part in parts[1:]:
+        ours, hf = times['ours', part], times['HF', part]
+        print(f'{part}: ours {ours:.4f} s, HF {hf:.4f} s, ratio {ours / hf:.2f}')
     print(f'# {load_note()}')
-    print(f'train_step: ours {times["ours"]:.4f} s/step, HF {times["HF"]:.4f} s/step, '
-          f'ratio {times["ours"] / times["HF"]:.2f}')
+    ours, hf = times['ours', 'step'], times['HF', 'step']
+    print(f'train_step: ours {ours:.4f} s/step, HF {hf:.4f} s/step, ratio {ours / hf:.2f}')
 
 
 if __name__ == '__main__':
