@@ -1,7 +1,7 @@
 """The one dataset builder for training and evaluation, and a resumable iterator over its batches.
 
 Pipeline: seqio Task/Mixture (per-host shard, deterministic for a given seed) -> feature converter
-(model features, optional packing) -> batches of this host's share of the global batch.
+(model features, optional dense packing: text2text.packing) -> batches of this host's share of the global batch.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from text2text import packing
 from text2text.errors import UserError
 
 BATCHES_CONSUMED = 'batches_consumed'
@@ -68,7 +69,7 @@ def require_cached(mixture_or_task_name: str, split: str) -> None:
 def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str, batch_size: int,
                 shuffle: bool, seed: int | None, pack: bool, shard_info: seqio.ShardInfo | None = None,
                 num_epochs: int | None = None, use_cached: bool = False,
-                feature_converter_cls: type[seqio.FeatureConverter] = seqio.EncDecFeatureConverter,
+                feature_converter_cls: type[seqio.FeatureConverter] = packing.DensePackingEncDecFeatureConverter,
                 drop_remainder: bool | None = None) -> tf.data.Dataset:
     """Batched model features of a seqio Task/Mixture for this host; used for training and evaluation alike.
 
