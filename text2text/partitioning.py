@@ -188,6 +188,8 @@ def maybe_initialize_distributed(coordinator_address: str | None = None, num_pro
     It does so when any argument is given, or when the environment shows a multi-process launch
     (JAX_COORDINATOR_ADDRESS [+ JAX_NUM_PROCESSES, JAX_PROCESS_ID], SLURM with >1 task, Open MPI with >1 rank,
     multi-host Cloud TPU); jax then detects the remaining settings. Must run before any other jax call.
+    CPU-only jobs need nothing more: jax's default `jax_cpu_collectives_implementation` ('gloo', over TCP)
+    carries the cross-process collectives (tests/test_multiprocess.py runs 2 processes on one machine).
     """
     if jax.distributed.is_initialized():
         return False

@@ -90,15 +90,15 @@ def init_train_state(model: EncoderDecoderModel, tx: optax.GradientTransformatio
 
 
 def _start(model, tx, model_dir, mixture_or_task_name, task_feature_lengths, batch_size, seed, pack, split,
-           use_cached, mesh_config, num_microbatches, checkpoint_period, keep_checkpoints, init_checkpoint,
-           loss_normalizing_factor) -> Run:
+           use_cached, shuffle, mesh_config, num_microbatches, checkpoint_period, keep_checkpoints,
+           init_checkpoint, loss_normalizing_factor) -> Run:
     mesh = partitioning.create_mesh(mesh_config.data, mesh_config.model)
     rules = partitioning.logical_axis_rules(mesh_config.mode)
     data_parallel = mesh.shape[partitioning.DATA_AXIS]
     if batch_size % data_parallel:
         raise UserError(f"BATCH_SIZE={batch_size} is not divisible by the data-parallel mesh size {data_parallel}")
     data_settings = dict(mixture_or_task_name=mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
-                         split=split, batch_size=batch_size, shuffle=True, seed=seed, pack=pack,
+                         split=split, batch_size=batch_size, shuffle=shuffle, seed=seed, pack=pack,
                          use_cached=use_cached)
     iterator = data.DataIterator(lambda: data.get_dataset(**data_settings, num_epochs=None), fingerprint=data_settings)
     state = init_train_state(model, tx, mesh, rules, task_feature_lengths, seed)
@@ -227,6 +227,13 @@ def _tokens(batch: Mapping[str, np.ndarray]) -> int:
     return int((batch["encoder_input_tokens"] > 0).sum() + (batch["decoder_target_tokens"] > 0).sum())
 
 
+def _all_hosts(count: int) -> int:
+    """Sum of a host-local count over all processes (every process must call it at the same point)."""
+    if jax.process_count() == 1:
+        return count
+    return int(np.sum(multihost_utils.process_allgather(np.asarray(count, np.int32))))
+
+
 def _per_token_loss(metrics: Mapping[str, Any]) -> float:
     weight = float(metrics.get("weight_sum", 0.0)) or 1.0
     loss = float(metrics.get("loss_sum", metrics["loss"] * weight))
@@ -243,6 +250,7 @@ def train(
     optimizer: optax.GradientTransformation | None = None,
     seed: int = 0,
     pack: bool = True,
+    shuffle: bool = True,
     split: str = "train",
     use_cached: bool = False,
     mesh_config: MeshConfig = MeshConfig(),
@@ -262,8 +270,9 @@ def train(
 
     A step with a non-finite loss, gradient or update is never applied: training stops with a UserError
     naming it, or skips it with a warning when `skip_nonfinite_steps`. SIGTERM (preemption) saves a
-    checkpoint at the current step and returns normally. Returns the final step, the last train metrics,
-    the last eval results, the number of skipped steps and whether the run was preempted.
+    checkpoint at the current step and returns normally. `shuffle=False` reads the examples in order (each
+    host its `jax.process_index()`-th shard of them), e.g. to compare runs exactly. Returns the final step, the
+    last train metrics, the last eval results, the number of skipped steps and whether the run was preempted.
     """
     partitioning.maybe_initialize_distributed()
     _validate(train_steps, batch_size, num_microbatches, model_dir, task_feature_lengths,
@@ -276,8 +285,8 @@ def train(
     write_gin_config(model_dir)
     tx = optimizer or optim.adafactor(learning_rate=optim.constant_schedule(1e-3))
     run = _start(model, tx, model_dir, mixture_or_task_name, task_feature_lengths, batch_size, seed, pack, split,
-                 use_cached, mesh_config, num_microbatches, checkpoint_period, keep_checkpoints, init_checkpoint,
-                 model.loss_normalizing_factor)
+                 use_cached, shuffle, mesh_config, num_microbatches, checkpoint_period, keep_checkpoints,
+                 init_checkpoint, model.loss_normalizing_factor)
     start_step = int(run.state.step)
     progress = reporting.Progress(train_steps, start_step)
     rng = jax.random.PRNGKey(seed + 1)
@@ -305,7 +314,7 @@ def train(
             if step % log_period == 0 or step == train_steps:
                 last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 last_metrics["loss_per_token"] = _per_token_loss(last_metrics)
-                progress.update(step, last_metrics["loss_per_token"], tokens_since_log)
+                progress.update(step, last_metrics["loss_per_token"], _all_hosts(tokens_since_log))
                 run.metrics_log.write(step, {**last_metrics, "loss": last_metrics["loss_per_token"]})
                 tokens_since_log = 0
             preempted = preemption.reached(step)
