@@ -39,6 +39,8 @@ def test_gin_file_selects_its_method_and_optimizer(method, spm_model):
     cfg = gin.get_configurable(config.get_config)()
     assert cfg.peft.methods() == (method,) and cfg.vocab_size == 512
     assert float(gin.get_configurable(optim.constant_schedule)()(0)) == pytest.approx(LEARNING_RATES[method])
+    if method != 'prefix_tuning':  # zero-, tiny- or embedding-initialised params: steps of ~LR, not LR x RMS
+        assert gin.query_parameter('optim.adafactor.multiply_by_parameter_scale') is False
     tx = gin.get_configurable(trainable.peft_optimizer)()
     params = {'encoder': {'layers_0': {'attention': {'query': {'kernel': np.ones((4, 4), np.float32)}}}},
               'probe': {'kernel': np.ones((4, 2), np.float32)}}
