@@ -4,15 +4,15 @@ Default: for each gin_configs/peft/<method>.gin (its default settings) on top of
 runs/finetune.gin, builds the model run.py would build, initialises it with jax.eval_shape (nothing is
 allocated) and counts the parameters text2text.peft.trainable trains (the mask of the method's optimizer).
 
---demo: fine-tunes the offline demo's pre-trained tiny model (runs/demo/pretrain; runs the demo first if it
-is missing) with gin_configs/peft/demo_reverse.gin + each method's file through run.py, each run in its own
-MODEL_DIR under --out, for --steps steps (the gin file's 300 are too few even for full fine-tuning). Reports
-the validation accuracy (MODEL_DIR/metrics.jsonl) after 300 steps and at the end, the last train loss and
-the wall time of the run.py command. Linear probing classifies, so it runs on demo_parity, next to full
-fine-tuning there. DEMO_RUNS lists the runs and their extra bindings (learning rate, steps).
+--demo: adapts the offline demo's multitask base (DEMO_DIR/base, written by gin_configs/demo.gin; the demo
+runs first if it is missing) to each held-out family with each method, through run.py with
+gin_configs/peft/demo_<family>.gin + the method's file, each run in its own MODEL_DIR under --out, at the
+family file's fixed budget (K=64 examples, 100 steps of 16 rows). Reports the validation rank-classification
+accuracy at the end beside the base's zero-shot accuracy on the same template and chance, the trainable
+parameters and the wall time of the run.py command. DEMO_RUNS lists the runs and their extra bindings.
 
     python bench/peft_methods.py [--model models/t5_1_1/base.gin]
-    python bench/peft_methods.py --demo [--steps 1000] [--out runs/peft] [--runs full,lora,...]
+    python bench/peft_methods.py --demo [--demo_dir runs/demo] [--out runs/peft] [--runs full,lora,...]
 """
 from __future__ import annotations
 
@@ -31,8 +31,7 @@ METHODS = ('prompt_tuning', 'prefix_tuning', 'adapters', 'lora', 'bitfit', 'line
 PLACEHOLDERS = ['MIXTURE_OR_TASK_NAME = "unused"', 'TASK_FEATURE_LENGTHS = {"inputs": 8, "targets": 4}',
                 'TRAIN_STEPS = 1', 'MODEL_DIR = "unused"', 'LABEL_WORDS = ["a", "b"]']
 TWO_CLASS_PROBE = 'peft.LinearProbeConfig.label_token_ids = [[3], [4]]'  # token ids without a vocabulary
-DEMO_GIN = 'peft/demo_reverse.gin'
-PARITY = ['MIXTURE_OR_TASK_NAME = "demo_parity"', 'LABEL_WORDS = ["even", "odd"]']
+FAMILIES = ('review_sentiment', 'sentence_topic')
 # name -> (PEFT method or None for full fine-tuning, extra gin bindings after the method's file)
 DEMO_RUNS = {
     'full': (None, []),
@@ -41,14 +40,7 @@ DEMO_RUNS = {
     'adapters': ('adapters', []),
     'lora': ('lora', []),
     'bitfit': ('bitfit', []),
-    'full_parity': (None, PARITY[:1]),
-    'linear_probe': ('linear_probe', PARITY),
-    # At their defaults no method learns demo_reverse in 1000 steps: 10x the learning rate, then 3x the steps.
-    'prefix_tuning_lr0.1': ('prefix_tuning', ['LEARNING_RATE = 0.1']),
-    'adapters_lr1e-2': ('adapters', ['LEARNING_RATE = 1e-2']),
-    'lora_lr1e-2': ('lora', ['LEARNING_RATE = 1e-2']),
-    'bitfit_lr1e-2': ('bitfit', ['LEARNING_RATE = 1e-2']),
-    'bitfit_lr1e-2_3k': ('bitfit', ['LEARNING_RATE = 1e-2', 'TRAIN_STEPS = 3000', 'CHECKPOINT_PERIOD = 3000']),
+    'linear_probe': ('linear_probe', []),
 }
 
 
@@ -96,13 +88,12 @@ def parameter_table(model_file: str) -> None:
         print(f'| {name} | {gin_file} | {trained:,} | {100 * trained / base:.4g} |')
 
 
-def read_metrics(model_dir: str) -> tuple[dict[int, float], float]:
-    """({step: validation accuracy}, last train loss per token) from model_dir/metrics.jsonl."""
+def eval_accuracy(model_dir: str, task: str) -> dict[int, float]:
+    """{step: accuracy} of `task` in model_dir/metrics.jsonl."""
     with open(os.path.join(model_dir, 'metrics.jsonl'), encoding='utf-8') as f:
         lines = [json.loads(line) for line in f if line.strip()]
-    accuracy = {line['step']: line['value'] for line in lines
-                if line.get('kind') == 'eval' and line.get('metric') == 'accuracy'}
-    return accuracy, [line['loss'] for line in lines if line.get('kind') == 'train'][-1]
+    return {line['step']: line['value'] for line in lines
+            if line.get('kind') == 'eval' and line.get('task') == task and line.get('metric') == 'accuracy'}
 
 
 def run_py(gin_files: list[str], bindings: list[str], log_path: str) -> tuple[float, bool]:
@@ -115,51 +106,63 @@ def run_py(gin_files: list[str], bindings: list[str], log_path: str) -> tuple[fl
     return time.perf_counter() - start, code == 0
 
 
-def demo_table(out: str, names: list[str], steps: int) -> None:
+def demo_table(out: str, demo_dir: str, names: list[str]) -> None:
     import gin
-    if not os.path.isdir('runs/demo/pretrain'):
-        print('runs/demo/pretrain missing: running the demo first (about 6 min)', flush=True)
+
+    from tasks.demo.families import FAMILY_BY_NAME
+    base_dir = os.path.join(demo_dir, 'base')
+    if not os.path.isdir(base_dir):
+        print(f'{base_dir} missing: running the demo first', flush=True)
         os.makedirs(out, exist_ok=True)
-        seconds, ok = run_py(['gin_configs/demo.gin'], [], os.path.join(out, 'demo.log'))
+        seconds, ok = run_py(['gin_configs/demo.gin'], [f'MODEL_DIR = "{demo_dir}"',
+                                                        f'VOCAB_PATH = "{demo_dir}/vocab/spm.model"'],
+                             os.path.join(out, 'demo.log'))
         if not ok:
             sys.exit(f'the demo failed; see {out}/demo.log')
         print(f'demo: {seconds:.0f} s', flush=True)
-    common = [f'TRAIN_STEPS = {steps}', f'CHECKPOINT_PERIOD = {steps}']
-    print(f'\n{DEMO_GIN}; validation accuracy (exact match, 200 examples, %); train loss per token at the end\n')
-    print('| run | task | trainable params | % | LR | steps | acc @300 | final acc | train loss | wall s |')
-    print('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |', flush=True)
-    for name in names:
-        method, extra = DEMO_RUNS[name]
-        files, model_dir = _gin_files([DEMO_GIN], method), os.path.join(out, name)
-        if os.path.exists(model_dir):  # run.py would resume from its checkpoint
-            sys.exit(f'{model_dir} exists: remove it or pass another --out')
-        bindings = [*common, *extra, f'MODEL_DIR = "{model_dir}"']
-        trained, _, base = count(files, bindings)
-        task, lr, run_steps = (gin.query_parameter(f'%{m}') for m in ('MIXTURE_OR_TASK_NAME', 'LEARNING_RATE',
-                                                                       'TRAIN_STEPS'))
-        os.makedirs(model_dir, exist_ok=True)
-        seconds, ok = run_py(files, bindings, os.path.join(model_dir, 'run.log'))
-        if not ok:
-            print(f'| {name} | {task} | failed: see {model_dir}/run.log |', flush=True)
-            continue
-        accuracy, loss = read_metrics(model_dir)
-        print(f'| {name} | {task} | {trained:,} | {100 * trained / base:.3g} | {lr:g} | {run_steps} | '
-              f'{accuracy.get(300, float("nan")):.1f} | {accuracy[run_steps]:.1f} | {loss:.2f} | {seconds:.0f} |',
-              flush=True)
+    print('\nvalidation rank-classification accuracy (200 examples, %) after the fixed budget\n')
+    print('| family | method | trainable params | % | LR | steps | K | accuracy | zero-shot base | chance | wall s |')
+    print('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |', flush=True)
+    for family_name in FAMILIES:
+        family = FAMILY_BY_NAME[family_name]
+        eval_task = f'demo_{family_name}_t0'
+        base_steps = eval_accuracy(base_dir, eval_task)
+        zero_shot = base_steps[max(base_steps)]
+        label_words = [family.verbalizer.word(c) for c in family.verbalizer.classes]
+        for name in names:
+            method, extra = DEMO_RUNS[name]
+            files, model_dir = _gin_files([f'peft/demo_{family_name}.gin'], method), os.path.join(out, family_name, name)
+            if os.path.exists(model_dir):  # run.py would resume from its checkpoint
+                sys.exit(f'{model_dir} exists: remove it or pass another --out')
+            bindings = [f'INITIAL_CHECKPOINT_PATH = "{base_dir}"',
+                        f'vocab.sentencepiece_model_path.path = "{demo_dir}/vocab/spm.model"',
+                        *extra, f'MODEL_DIR = "{model_dir}"']
+            if method == 'linear_probe':
+                bindings.append(f'LABEL_WORDS = {json.dumps(label_words)}')
+            trained, _, base = count(files, bindings)
+            lr, steps = (gin.query_parameter(f'%{m}') for m in ('LEARNING_RATE', 'TRAIN_STEPS'))
+            os.makedirs(model_dir, exist_ok=True)
+            seconds, ok = run_py(files, bindings, os.path.join(model_dir, 'run.log'))
+            if not ok:
+                print(f'| {family_name} | {name} | failed: see {model_dir}/run.log |', flush=True)
+                continue
+            accuracy = eval_accuracy(model_dir, eval_task)[steps]
+            print(f'| {family_name} | {name} | {trained:,} | {100 * trained / base:.3g} | {lr:g} | {steps} | 64 | '
+                  f'{accuracy:.1f} | {zero_shot:.1f} | {100 / len(label_words):.1f} | {seconds:.0f} |', flush=True)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', default='models/t5_1_1/base.gin', help='model gin file for the parameter table')
-    parser.add_argument('--demo', action='store_true', help='run the demo-task measurements (about 40 min on 2 CPUs)')
-    parser.add_argument('--steps', type=int, default=1000, help='train steps of each demo run')
+    parser.add_argument('--demo', action='store_true', help='run the few-shot adaptation measurements')
+    parser.add_argument('--demo_dir', default='runs/demo', help='the demo\'s MODEL_DIR (base model and vocabulary)')
     parser.add_argument('--out', default='runs/peft', help='parent of the demo runs\' MODEL_DIRs')
     parser.add_argument('--runs', default=','.join(DEMO_RUNS), help=f'demo runs, some of {",".join(DEMO_RUNS)}')
     args = parser.parse_args(argv)
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')
     os.chdir(ROOT)
     if args.demo:
-        demo_table(args.out, [n.strip() for n in args.runs.split(',')], args.steps)
+        demo_table(args.out, args.demo_dir, [n.strip() for n in args.runs.split(',')])
     else:
         parameter_table(args.model)
 

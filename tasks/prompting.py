@@ -183,7 +183,7 @@ def prepend_task_index(x: Mapping[str, tf.Tensor], task_index: int) -> Dict[str,
     return {**x, "inputs": tf.concat([tf.constant([task_index], x["inputs"].dtype), x["inputs"]], axis=0)}
 
 
-def _source(rows_by_split: Mapping[str, Sequence[Mapping[str, Any]]]) -> seqio.FunctionDataSource:
+def in_memory_source(rows_by_split: Mapping[str, Sequence[Mapping[str, Any]]]) -> seqio.FunctionDataSource:
     """In-memory seqio source: split -> list of flat dicts (strings, ints, or equal-length lists of them)."""
     def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
         del shuffle_files, seed
@@ -209,7 +209,7 @@ def register_prompted_task(name: str, examples_by_split: Mapping[str, Sequence[E
     preprocessors = [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder()]
     if task_index is not None:
         preprocessors.append(functools.partial(prepend_task_index, task_index=task_index))
-    return add_task(name, source=_source(rows), output_features=vocab_lib.output_features(vocabulary),
+    return add_task(name, source=in_memory_source(rows), output_features=vocab_lib.output_features(vocabulary),
                     preprocessors=preprocessors + [seqio.preprocessors.append_eos_after_trim],
                     metric_fns=[metrics_lib.accuracy])
 
@@ -228,7 +228,7 @@ def register_rank_classification_task(name: str, examples_by_split: Mapping[str,
     preprocessors = [_unbatch, seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder()]
     if task_index is not None:
         preprocessors.append(functools.partial(prepend_task_index, task_index=task_index))
-    return add_task(name, source=_source(rows), output_features=vocab_lib.output_features(vocabulary),
+    return add_task(name, source=in_memory_source(rows), output_features=vocab_lib.output_features(vocabulary),
                     preprocessors=preprocessors + [seqio.preprocessors.append_eos_after_trim],
                     postprocess_fn=rank_classification_postprocessor,
                     metric_fns=[rank_classification_metric(num_classes, length_normalize)])
@@ -324,7 +324,8 @@ def rank_classify(model: Any, params: Any, inputs: Sequence[str], label_texts: S
     return np.argmax(ranked, axis=1), scores_matrix
 
 
-__all__ = ["Template", "Verbalizer", "PromptedDataset", "prompted_examples", "rank_classification_examples",
+__all__ = ["Template", "Verbalizer", "PromptedDataset", "in_memory_source", "prompted_examples",
+           "rank_classification_examples",
            "sample_demonstrations", "add_demonstrations", "rank_predictions", "rank_classification_metric",
            "rank_classification_postprocessor", "prepend_task_index", "register_prompted_task",
            "register_rank_classification_task", "register_multi_template_mixture", "label_token_ids",

@@ -1,89 +1,132 @@
-"""Demo tasks: deterministic, correct generators; stdlib docstring corpus; registered tasks, mixture, vocabulary."""
+"""Demo tasks: the pinned corpus and vocabulary, correct family generators, templates, registered tasks/mixtures."""
+import hashlib
 import re
 
 import pytest
 import seqio
-import sentencepiece as spm
 
-from tasks import demo
-from tasks_fixtures import SEQUENCE_LENGTH, spm_model, text  # noqa: F401
+import tasks.demo as demo
+from tasks.demo import corpus, families, lexicon
+from tasks.demo.families import FAMILIES, FAMILY_BY_NAME
+from tasks_fixtures import spm_model, text  # noqa: F401
 
-SMALL_MODULES = ("json", "collections")
-
-
-def _answer(kind, inputs):
-    """Independent reference answer for a demo input."""
-    body = inputs.split(": ", 1)[1]
-    if kind == "add":
-        a, b = re.fullmatch(r"(\d+) \+ (\d+)", body).groups()
-        return str(int(a) + int(b))
-    items = body.split(" ")
-    if kind == "sort":
-        return " ".join(sorted(items))
-    if kind == "reverse":
-        return " ".join(items[::-1])
-    return "odd" if items.count("1") % 2 else "even"
+VOCAB_SHA256 = "fe121c011fb9c814390aa4ae019a18d46f0b72854fade824bfd65ccc27da8604"
 
 
-@pytest.mark.parametrize("kind", list(demo.GENERATORS))
-def test_generators_are_correct_deterministic_and_held_out(kind):
-    train, validation = demo.generate(kind, "train"), demo.generate(kind, "validation")
-    assert (len(train), len(validation)) == (demo.SPLIT_SIZES["train"], demo.SPLIT_SIZES["validation"])
-    assert all(inputs.startswith(f"{kind}: ") and targets == _answer(kind, inputs) for inputs, targets in train)
-    assert not {i for i, _ in train} & {i for i, _ in validation}
-    demo.generate.cache_clear()
-    assert demo.generate(kind, "train") == train
-    assert len({i for i, _ in train}) > 200  # varied, not one repeated example
+def test_corpus_file_is_pinned_and_rebuilt_byte_for_byte():
+    with open(corpus.CORPUS_PATH, "rb") as f:
+        data = f.read()
+    assert hashlib.sha256(data).hexdigest() == corpus.CORPUS_SHA256
+    assert data.decode("utf-8") == "\n".join(corpus.build_corpus()) + "\n"
+    docs = corpus.load_corpus()
+    assert len(docs) == corpus.NUM_DOCUMENTS
+    train, validation = corpus.split_documents("train"), corpus.split_documents("validation")
+    assert len(validation) == corpus.NUM_DOCUMENTS // corpus.VALIDATION_EVERY and not set(train) & set(validation)
 
 
-def test_parity_labels_are_balanced():
-    labels = [t for _, t in demo.generate("parity", "train")]
-    assert 0.4 < labels.count("odd") / len(labels) < 0.6
+def test_a_modified_corpus_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "corpus.txt"
+    path.write_text("changed\n", encoding="utf-8")
+    monkeypatch.setattr(corpus, "CORPUS_PATH", str(path))
+    corpus.load_corpus.cache_clear()
+    try:
+        with pytest.raises(Exception, match=r"corpus\.txt has SHA-256 [0-9a-f]{64}, expected"):
+            corpus.load_corpus()
+    finally:
+        corpus.load_corpus.cache_clear()
 
 
-def test_stdlib_docstrings_are_harvested_deterministically():
-    docs = demo.stdlib_docstrings(SMALL_MODULES)
-    assert len(docs) > 20 and len(set(docs)) == len(docs)
-    assert any(d.startswith("JSON (JavaScript Object Notation)") for d in docs)
-    assert all(len(d) >= 40 and "\n" not in d for d in docs)
-    assert demo.stdlib_docstrings(SMALL_MODULES) == docs
+def test_demo_vocabulary_is_pinned(tmp_path):
+    path = demo.train_demo_vocabulary(str(tmp_path / "spm"), vocab_size=900)
+    with open(path.removesuffix(".model") + ".vocab", "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == VOCAB_SHA256
 
 
-def test_demo_tasks_tokenize(spm_model):
-    for name in demo.TASK_NAMES:
-        task = seqio.get_mixture_or_task(name)
-        ds = task.get_dataset(SEQUENCE_LENGTH, split="validation", shuffle=False, try_in_mem_cache=False)
-        ex = next(ds.as_numpy_iterator())
-        assert text(ex["inputs_pretokenized"]).startswith(name[len("demo_"):] + ": ")
-        assert ex["inputs"][-1] == 1 and ex["targets"][-1] == 1
-        assert task.num_input_examples("train") == demo.SPLIT_SIZES["train"]
-    mixture = seqio.get_mixture_or_task(demo.MIXTURE_NAME)
-    assert sorted(t.name for t in mixture.tasks) == sorted(demo.TASK_NAMES)
-    assert {mixture.get_rate(t) for t in mixture.tasks} == {1.0}
+def _reference_label(name, ex):
+    """An independent answer for each family's example."""
+    if name in ("word_polarity", "review_sentiment"):
+        text_ = ex.get("phrase") or ex["review"]
+        found = {p for p, words in lexicon.SENTIMENT.items() for w in words if re.search(rf"\b{w}\b", text_)}
+        assert len(found) == 1
+        return found.pop()
+    if name in ("word_topic", "sentence_topic"):
+        text_ = ex.get("word") or ex["text"]
+        found = {t for t, words in lexicon.TOPICS.items() for w in words if re.search(rf"\b{w}\b", text_)}
+        assert len(found) == 1
+        return found.pop()
+    if name == "keyword":
+        return next(w for w in lexicon.TOPICS[ex["topic"]] if re.search(rf"\b{w}\b", ex["sentence"]))
+    if name == "entailment":
+        return "yes" if ex["hypothesis"] in ex["premise"].rstrip(".").split(" and ") else "no"
+    if name == "sort":
+        return " ".join(sorted(ex["letters"].split()))
+    return " ".join(ex["digits"].split()[::-1])
 
 
-@pytest.fixture
-def small_corpus(monkeypatch):
-    docs = tuple(demo.stdlib_docstrings(SMALL_MODULES))
-    monkeypatch.setattr(demo, "_cached_docstrings", lambda: docs)
-    return docs
+@pytest.mark.parametrize("name", [f.name for f in FAMILIES])
+def test_family_examples_are_correct_deterministic_and_balanced(name):
+    family = FAMILY_BY_NAME[name]
+    train, validation = families.generate(name, "train"), families.generate(name, "validation")
+    assert (len(train), len(validation)) == (families.SPLIT_SIZES["train"], families.SPLIT_SIZES["validation"])
+    assert all(ex["label"] == _reference_label(name, ex) for ex in train + validation)
+    if family.disjoint_splits:
+        assert not {tuple(sorted(e.items())) for e in train} & {tuple(sorted(e.items())) for e in validation}
+    families.generate.cache_clear()
+    assert families.generate(name, "train") == train
+    if family.verbalizer:
+        shares = [sum(ex["label"] == c for ex in train) / len(train) for c in family.verbalizer.classes]
+        assert max(shares) - min(shares) < 0.1
 
 
-def test_docstring_pretraining_task(spm_model, small_corpus):
-    task = seqio.get_mixture_or_task(demo.PRETRAINING_TASK_NAME)
-    lengths = {"inputs": 64, "targets": 32}
-    examples = list(task.get_dataset(lengths, split="train", shuffle=False, seed=1,
-                                     try_in_mem_cache=False).as_numpy_iterator())
-    vocab = task.output_features["targets"].vocabulary
-    assert len(examples) > 10
-    assert all(ex["targets"][0] == vocab.vocab_size - 1 and len(ex["inputs"]) <= 64 for ex in examples)
-    validation = task.source.get_dataset("validation", shuffle=False)
-    assert len(list(validation)) == len(small_corpus) // demo.VALIDATION_EVERY
+def test_families_templates_and_held_out_design():
+    assert len(FAMILIES) >= 8
+    held_out = [f for f in FAMILIES if f.held_out]
+    assert len(held_out) >= 2 and all(f.verbalizer for f in held_out)
+    assert any(f.verbalizer for f in FAMILIES if not f.held_out) and any(not f.verbalizer for f in FAMILIES)
+    for family in FAMILIES:
+        assert len(family.templates) >= 3 and len(set(family.templates)) == len(family.templates)
+        example = families.generate(family.name, "validation")[0]
+        assert all(t.format_inputs(example) for t in family.templates)
+        if not family.held_out:
+            assert family.train_templates and len(demo.eval_templates(family)) >= 1
+            assert not set(family.train_templates) & {t for _, t in demo.eval_templates(family)}
 
 
-def test_train_demo_vocabulary_covers_the_tasks(small_corpus, tmp_path):
-    path = demo.train_demo_vocabulary(str(tmp_path / "demo"), vocab_size=300)
-    sp = spm.SentencePieceProcessor(model_file=path)
-    for kind in demo.GENERATORS:
-        inputs, targets = demo.generate(kind, "validation")[0]
-        assert sp.decode(sp.encode(inputs)) == inputs and sp.unk_id() not in sp.encode(inputs + " " + targets)
+def test_training_rows_use_only_training_templates(spm_model):
+    for family in FAMILIES:
+        if family.held_out:
+            continue
+        rows = demo.training_rows(family)
+        prefixes = {t.inputs.split("{")[0] for t in family.train_templates}
+        held_prefix = family.templates[-1].inputs.split("{")[0]
+        assert all(any(r["inputs"].startswith(p) for p in prefixes) for r in rows)
+        if held_prefix and held_prefix not in prefixes:
+            assert not any(r["inputs"].startswith(held_prefix) for r in rows)
+
+
+def test_registered_tasks_and_mixtures(spm_model):
+    train_mixture = seqio.get_mixture_or_task(demo.TRAIN_MIXTURE)
+    expected = {demo.PRETRAINING_TASK_NAME} | {demo.training_task_name(f) for f in FAMILIES if not f.held_out}
+    assert {t.name for t in train_mixture.tasks} == expected
+    rates = {t.name: train_mixture.get_rate(t) for t in train_mixture.tasks}
+    assert rates[demo.PRETRAINING_TASK_NAME] == len(corpus.split_documents("train"))
+    assert all(r == min(families.SPLIT_SIZES["train"], demo.MIXING_RATE_CAP)
+               for n, r in rates.items() if n != demo.PRETRAINING_TASK_NAME)
+    eval_names = {t.name for t in seqio.get_mixture_or_task(demo.EVAL_MIXTURE).tasks}
+    for family in FAMILIES:
+        names = {demo.eval_task_name(family, i) for i, _ in demo.eval_templates(family)}
+        assert names <= eval_names
+        assert len(names) == (len(family.templates) if family.held_out else family.held_out_templates)
+    task = seqio.get_mixture_or_task(demo.eval_task_name(FAMILY_BY_NAME["review_sentiment"], 0))
+    ex = next(task.get_dataset({"inputs": 64, "targets": 8}, split="validation", shuffle=False).as_numpy_iterator())
+    assert text(ex["inputs_pretokenized"]).startswith("Is the following review positive or negative? ")
+    assert text(ex["targets_pretokenized"]) in ("positive", "negative")
+
+
+def test_few_shot_examples_are_class_balanced():
+    for family in FAMILIES:
+        if family.held_out:
+            chosen = demo.few_shot_examples(family)
+            assert len(chosen) == demo.FEW_SHOT_K
+            counts = {c: sum(e["label"] == c for e in chosen) for c in family.verbalizer.classes}
+            assert set(counts.values()) == {demo.FEW_SHOT_K // len(family.verbalizer.classes)}

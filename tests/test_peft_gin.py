@@ -22,7 +22,7 @@ def clean_gin():
     gin.clear_config()
 
 
-REQUIRED = ['MIXTURE_OR_TASK_NAME = "demo_parity"', 'TASK_FEATURE_LENGTHS = {"inputs": 32, "targets": 4}',
+REQUIRED = ['MIXTURE_OR_TASK_NAME = "demo_word_polarity"', 'TASK_FEATURE_LENGTHS = {"inputs": 32, "targets": 4}',
             'TRAIN_STEPS = 1', 'MODEL_DIR = "/nonexistent"', 'LABEL_WORDS = ["even", "odd"]']
 
 
@@ -56,7 +56,7 @@ def test_lora_run_from_an_hf_base_changes_only_lora_params(spm_model, tmp_path):
     variables = EncoderDecoderModel(base_config).init_variables(jax.random.PRNGKey(0), shapes)
     base = flax.core.meta.unbox(variables)['params']
     save_hf_checkpoint(base_config, base, str(tmp_path / 'base'))
-    _load('lora', 'MIXTURE_OR_TASK_NAME = "demo_parity"', 'TASK_FEATURE_LENGTHS = {"inputs": 32, "targets": 4}',
+    _load('lora', 'MIXTURE_OR_TASK_NAME = "demo_word_polarity"', 'TASK_FEATURE_LENGTHS = {"inputs": 32, "targets": 4}',
           'TRAIN_STEPS = 2', f'MODEL_DIR = "{tmp_path / "run"}"', 'BATCH_SIZE = 4', 'EVAL_PERIOD = 0',
           f'INITIAL_CHECKPOINT_PATH = "{tmp_path / "base"}"', 'LEARNING_RATE = 0.01')
     result = gin.get_configurable(launch.run)()
