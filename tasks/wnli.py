@@ -113,7 +113,7 @@ def wnli_inputs_and_targets(premise: str, hypothesis: str, label: str = "wsc:") 
 
 @seqio.map_over_dataset
 def wnli_simple(x, label: str = "wsc:"):
-    """TFDS glue/wnli -> {'inputs', 'targets', 'premise', 'hypothesis', 'label', 'idx'} (see wnli_inputs_and_targets)."""
+    """glue/wnli row -> {'inputs', 'targets', 'premise', 'hypothesis', 'label', 'idx'} (wnli_inputs_and_targets)."""
 
     def compute(premise, hypothesis):
         return wnli_inputs_and_targets(premise.numpy().decode("utf-8"), hypothesis.numpy().decode("utf-8"), label)
