@@ -293,3 +293,17 @@ def test_wmt19_ende(spm_model):
     [ex] = task_examples("wmt19_ende_v003", "validation", [{"de": "Das ist gut.", "en": "That is good."}])
     assert text(ex["inputs_pretokenized"]) == "translate English to German: That is good."
     assert text(ex["targets_pretokenized"]) == "Das ist gut."
+
+
+@pytest.mark.parametrize("name", ["super_glue_record_v102_1_sentinel", "super_glue_multirc_v102_1_sentinel",
+                                  "dpr_v001_simple_1_sentinel", "c4_v220_iid_denoising",
+                                  "wikipedia_20190301.en_v003_unsupervised", "squad_v010_context_free"])
+def test_new_tasks_under_tfds_mock_data(spm_model, name):
+    examples = task_examples(name, "train", num_examples=2, lengths=LENGTHS)
+    sentinel = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary.vocab_size - 1
+    assert examples
+    for ex in examples:
+        assert ex["inputs"][-1] == EOS and ex["targets"][-1] == EOS
+        assert 0 < len(ex["inputs"]) <= LENGTHS["inputs"] and 0 < len(ex["targets"]) <= LENGTHS["targets"]
+        if "sentinel" in name:
+            assert ex["inputs"][-2] == sentinel and ex["targets"][0] == sentinel
