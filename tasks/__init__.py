@@ -3,6 +3,10 @@ from tasks import glue, metrics, postprocessors, preprocessors, super_glue, voca
 from tasks import span_corruption  # noqa: F401
 from tasks import c4  # noqa: F401
 from tasks import squad  # noqa: F401
+from tasks import trivia_qa  # noqa: F401
+from tasks import wnli  # noqa: F401
+from tasks import sentinels  # noqa: F401
+from tasks import prefix_lm_objective  # noqa: F401
 from tasks import wmt  # noqa: F401
 from tasks import cnn_dailymail  # noqa: F401
 from tasks import mixtures  # noqa: F401

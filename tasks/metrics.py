@@ -221,6 +221,32 @@ def squad(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> Dict[
 record = deduplicate_metric(squad)
 
 
+def _span_words(text: Any) -> list:
+    return re.sub(r"\W", " ", _as_text(text)).split()
+
+
+def _span_text(context_words: Sequence[str], prediction_words: Sequence[str]) -> str:
+    """Context words prediction_words[1] .. prediction_words[3] (inclusive); '' unless both are integers."""
+    if len(prediction_words) < 4:
+        return ""
+    try:
+        start, end = int(prediction_words[1]), int(prediction_words[3])
+    except ValueError:
+        return ""
+    return " ".join(context_words[start:end + 1])
+
+
+def span_squad(targets: Sequence[dict], predictions: Sequence[str]) -> Dict[str, float]:
+    """SQuAD em/f1 of span predictions 'start: S end: E' (t5's `span_squad`): the prediction becomes the words
+
+    S..E of the target's context, both split into words at Unicode non-word characters (Python `\W`, runs
+    of them collapsed), then scored like `squad` against the target's answers; a malformed prediction is ''.
+    """
+    _check_lengths(targets, predictions)
+    texts = [_span_text(_span_words(t["context"]), _span_words(p)) for t, p in zip(targets, predictions)]
+    return squad([t["answers"] for t in targets], texts)
+
+
 def bleu(targets: Sequence, predictions: Sequence[str], tokenizer: str = "intl") -> Dict[str, float]:
     """Corpus BLEU via sacrebleu with T5's settings (exp smoothing, intl tokenizer, cased, force=False).
 

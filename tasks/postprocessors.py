@@ -53,6 +53,13 @@ def qa(answer: Any, example: Optional[Mapping] = None, is_target: bool = False):
     return as_text(answer)
 
 
+def span_qa(answer: Any, example: Optional[Mapping] = None, is_target: bool = False):
+    """SQuAD span task: prediction text ('start: S end: E'); target = {'answers': all answers, 'context': text}."""
+    if is_target:
+        return {"answers": [as_text(a) for a in example["answers"]], "context": as_text(example["context"])}
+    return as_text(answer)
+
+
 _DETERMINERS = frozenset({
     "a", "an", "few", "her", "his", "each", "every", "many", "much", "my", "our", "some", "that", "the", "their",
     "these", "this", "those", "which", "whose", "your",

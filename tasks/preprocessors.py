@@ -9,9 +9,29 @@ NO_LABEL = -1
 
 
 def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
-    """Put spaces around every non-word character and collapse whitespace (T5's SQuAD/TriviaQA normalisation)."""
-    text = tf.strings.regex_replace(text, r"(\W)", r" \1 ")
+    """Put spaces around ASCII punctuation and collapse whitespace (T5's SQuAD/TriviaQA normalisation).
+
+    Follows the `t5` library since 2022: RE2's POSIX class `[[:punct:]]` is ASCII punctuation only, so
+    `_` is padded while non-ASCII characters (`é`, the en dash `–`) are left alone.
+    """
+    text = tf.strings.regex_replace(text, r"([[:punct:]])", r" \1 ")
     return tf.strings.regex_replace(text, r"\s+", " ")
+
+
+def subsequence_matches(needle: tf.Tensor, haystack: tf.Tensor) -> tf.Tensor:
+    """bool [max(len(haystack) - len(needle) + 1, 0)]: whether `needle` (1-D) occurs in `haystack` (1-D, same
+
+    dtype, any of int/string) starting at each position.
+    """
+    num_starts = tf.maximum(tf.size(haystack) - tf.size(needle) + 1, 0)
+    windows = tf.gather(haystack, tf.range(num_starts)[:, tf.newaxis] + tf.range(tf.size(needle))[tf.newaxis, :])
+    return tf.reduce_all(tf.equal(windows, needle[tf.newaxis, :]), axis=1)
+
+
+def first_true(mask: tf.Tensor) -> tf.Tensor:
+    """Index (int32 scalar) of the first True in a 1-D bool tensor, -1 if there is none."""
+    hits = tf.where(mask)
+    return tf.cond(tf.size(hits) > 0, lambda: tf.cast(hits[0, 0], tf.int32), lambda: tf.constant(-1))
 
 
 def string_join(parts: Sequence) -> tf.Tensor:

@@ -1,10 +1,10 @@
-"""T5 unsupervised objectives on token ids: span corruption and prefix LM.
+"""T5 unsupervised objectives on token ids: span corruption, i.i.d. denoising, prefix LM and full LM.
 
-Both are seqio token preprocessors (they run after `seqio.preprocessors.tokenize`
+All are seqio token preprocessors (they run after `seqio.preprocessors.tokenize`
 on a `targets` feature holding a whole document) and draw their randomness from
 seqio's stateless per-map seeds, so a Task read with a fixed `seed` yields the
-same examples every time. EOS is not added here; put
-`seqio.preprocessors.append_eos_after_trim` after these preprocessors.
+same examples every time. EOS is not added here (except by full LM, which marks
+document ends); put `seqio.preprocessors.append_eos_after_trim` after the others.
 
 Span corruption follows Raffel et al. (2019): documents are concatenated and cut
 into pieces of `tokens_length` raw tokens (568 for 512 input tokens), then about
@@ -157,6 +157,14 @@ def _required_length(sequence_length, key, objective):
     return int(sequence_length[key])
 
 
+def _inputs_piece_length(sequence_length, output_features, objective):
+    """sequence_length['inputs'], less one when the inputs get EOS (room for it)."""
+    length = _required_length(sequence_length, "inputs", objective)
+    if "inputs" in output_features and output_features["inputs"].add_eos:
+        length -= 1
+    return length
+
+
 def _shared_vocabulary(output_features, input_feature_key):
     vocab = output_features["targets"].vocabulary
     if input_feature_key in output_features and output_features[input_feature_key].vocabulary != vocab:
@@ -228,9 +236,7 @@ def prefix_lm(
 
     Pieces hold sequence_length['inputs'] tokens, one fewer when the inputs get EOS.
     """
-    max_tokens = _required_length(sequence_length, "inputs", "prefix LM")
-    if "inputs" in output_features and output_features["inputs"].add_eos:
-        max_tokens -= 1
+    max_tokens = _inputs_piece_length(sequence_length, output_features, "prefix LM")
 
     @seqio.map_over_dataset(num_seeds=1)
     def split(x, seed):
@@ -240,3 +246,47 @@ def prefix_lm(
     dataset = select_random_chunk(dataset)
     dataset = split_tokens(dataset, max_tokens)
     return split(dataset)
+
+
+def iid_denoising(
+    dataset: tf.data.Dataset,
+    sequence_length: Optional[Mapping[str, int]],
+    output_features: Mapping[str, seqio.Feature],
+    noise_density: float = NOISE_DENSITY,
+) -> tf.data.Dataset:
+    """T5's baseline objective (Raffel et al. 2019, `iid_denoising`): like span corruption, but each token is noise
+
+    independently with probability `noise_density`, and the concatenated documents are cut into pieces of
+    sequence_length['inputs'] tokens (one fewer when the inputs get EOS).
+    """
+    max_tokens = _inputs_piece_length(sequence_length, output_features, "i.i.d. denoising")
+    vocab_size = _shared_vocabulary(output_features, "inputs").vocab_size
+
+    @seqio.map_over_dataset(num_seeds=1)
+    def corrupt(x, seed):
+        tokens = x["targets"]
+        mask = tf.random.stateless_uniform(tf.shape(tokens), seed=seed) < noise_density
+        inputs, targets = corrupt_spans(tokens, mask, vocab_size)
+        return {"inputs": inputs, "targets": targets}
+
+    dataset = select_random_chunk(dataset)
+    dataset = reduce_concat_tokens(dataset)
+    dataset = split_tokens(dataset, max_tokens)
+    return corrupt(dataset)
+
+
+def full_lm(
+    dataset: tf.data.Dataset,
+    sequence_length: Optional[Mapping[str, int]],
+    output_features: Mapping[str, seqio.Feature],
+) -> tf.data.Dataset:
+    """T5's decoder-only LM objective (`full_lm`): a random chunk of each document gets EOS, documents are
+
+    concatenated and cut into targets of exactly sequence_length['targets'] tokens (the last may be shorter),
+    so EOS marks document ends only. Put no EOS preprocessor after it.
+    """
+    max_tokens = _required_length(sequence_length, "targets", "full LM")
+    dataset = select_random_chunk(dataset)
+    dataset = seqio.preprocessors.append_eos(dataset, output_features)
+    dataset = reduce_concat_tokens(dataset)
+    return split_tokens(dataset, max_tokens)

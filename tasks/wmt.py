@@ -17,6 +17,7 @@ TASKS: Dict[str, Tuple[str, str, str]] = {
     "wmt16_enro_v003": ("wmt16_translate/ro-en:1.0.0", "en", "ro"),
     "wmt15_enfr_v003": ("wmt15_translate/fr-en:1.0.0", "en", "fr"),
     "wmt_t2t_ende_v003": ("wmt_t2t_translate/de-en:1.0.0", "en", "de"),
+    "wmt19_ende_v003": ("wmt19_translate/de-en:1.0.0", "en", "de"),
 }
 
 
