@@ -6,9 +6,10 @@ Writes a sentiment-like TSV (header `sentence<TAB>label`, ~60-byte rows) of the 
 small SentencePiece vocabulary on its first rows, then runs `run.py`'s entry point in a worker process:
 `models/tiny.gin` + `runs/finetune.gin` with `MIXTURE_OR_TASK_NAME = @custom.register_text_task_from_file()` on
 the file, --steps steps of batch 32, no evaluation. The worker reports its peak RSS (ru_maxrss, the whole
-process: Python, TensorFlow, JAX, model) and the seconds from its start and from the task's registration to
-the first training batch (also as CPU seconds of the process, which a loaded machine does not inflate; and from the data iterator's first call: building the pipeline and reading,
-tokenizing and packing the first window of examples). Targets (issue 14): peak RSS < 1.5 GB, first batch < 30 s. The file is deleted
+process: Python, TensorFlow, JAX, model) and the time to the first training batch: seconds from its start, from
+the task's registration and from the data iterator's first call (building the pipeline, then reading,
+tokenizing and packing the first window of examples), and the process's CPU seconds by then, which a loaded
+machine does not inflate. Targets (issue 14): peak RSS < 1.5 GB, first batch < 30 s. The file is deleted
 afterwards unless --keep. Not a test.
 """
 from __future__ import annotations
