@@ -191,6 +191,7 @@ class TextFileSource(seqio.DataSource):
         self._skipped: Dict[Tuple[int, int], BadRow] = {}
         self._first_bad: Dict[int, BadRow] = {}
         self._reported: set = set()
+        self._counts: Dict[str, int] = {}
         super().__init__(splits=tuple(self.files))
 
     @property
@@ -205,10 +206,11 @@ class TextFileSource(seqio.DataSource):
         with self._lock:
             return [self._skipped[key] for key in sorted(self._skipped)]
 
-    @functools.lru_cache(maxsize=None)
     def num_input_examples(self, split: str) -> int:
-        return sum(count_data_lines(layout.path, layout.tsv)
-                   for layout in (self._layouts[self._index[p]] for p in self.files[split]))
+        if split not in self._counts:  # counted once, on first use: seqio asks for mixture rates and caching
+            layouts = [self._layouts[self._index[p]] for p in self.files[split]]
+            self._counts[split] = sum(count_data_lines(layout.path, layout.tsv) for layout in layouts)
+        return self._counts[split]
 
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
                     shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None, use_cached=False,
