@@ -15,6 +15,7 @@ import seqio
 import tensorflow as tf
 from jax.experimental.compilation_cache import compilation_cache
 
+from tasks_fixtures import spm_model  # noqa: F401
 from text2text import checkpoints, config, launch, models, optim, trainer
 from text2text.train_state import TrainState
 
@@ -71,8 +72,9 @@ def _write_checkpoint(directory, **overrides):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """Data files, gin files and checkpoints the cases point at."""
+def files(tmp_path_factory, spm_model):
+    """Data files, gin files and checkpoints the cases point at (file tasks use `spm_model`'s vocabulary: their
+    rows are checked as they are read, after the vocabulary is loaded)."""
     root = tmp_path_factory.mktemp("bad_input")
     tsv = {
         "good.tsv": "sentence\tlabel\nthe cat sat\tpositive\na dog\tnegative\n",

@@ -9,12 +9,16 @@ import tensorflow as tf
 
 from tasks import custom
 from tasks_fixtures import SEQUENCE_LENGTH, hand_written_tfds, spm_model, text  # noqa: F401
-from text2text.errors import UserError
+from text2text.errors import UserError, embedded_user_error
 
 
-def _pairs(task, split="train"):
-    ds = task.get_dataset(SEQUENCE_LENGTH, split=split, shuffle=False, try_in_mem_cache=False)
-    return [(text(ex["inputs_pretokenized"]), text(ex["targets_pretokenized"])) for ex in ds.as_numpy_iterator()]
+def _pairs(task, split="train", **kwargs):
+    """(inputs, targets) text of one pass over `split`; a bad row raises UserError as it would in training."""
+    ds = task.get_dataset(SEQUENCE_LENGTH, split=split, shuffle=False, try_in_mem_cache=False, **kwargs)
+    try:
+        return [(text(ex["inputs_pretokenized"]), text(ex["targets_pretokenized"])) for ex in ds.as_numpy_iterator()]
+    except tf.errors.OpError as exc:
+        raise embedded_user_error(exc) or exc
 
 
 def _write(path, content: bytes):
@@ -77,10 +81,11 @@ def test_seqio_data_source(spm_model):
     ("nested.jsonl", b'{"text": {"x": 1}, "label": "b"}\n', 1, "expected a string or number"),
     ("target.jsonl", b'{"text": "a", "label": ""}\n', 1, "empty target"),
 ])
-def test_bad_rows_name_file_and_line(tmp_path, name, content, line, problem):
+def test_bad_rows_name_file_and_line(spm_model, tmp_path, name, content, line, problem):
     path = _write(tmp_path / name, content)
+    task = custom.register_text_task("custom_bad", prefix="p", source=path, inputs="text", targets="label")
     with pytest.raises(UserError, match=problem) as error:
-        custom.register_text_task("custom_bad", prefix="p", source=path, inputs="text", targets="label")
+        _pairs(task)
     assert f"{path}:{line}:" in str(error.value) and "skip_bad_rows=True" in str(error.value)
 
 
@@ -94,16 +99,20 @@ def test_header_must_name_the_columns(tmp_path):
 
 def test_skip_bad_rows_counts_and_logs(spm_model, tmp_path, caplog):
     path = _write(tmp_path / "mixed.tsv", b"text\tlabel\ngood\tyes\nbad\nc\t\nd\te\tf\n\xff\tno\nfine\tno\n")
+    task = custom.register_text_task("custom_skip", prefix="p", source=path, inputs="text", targets="label",
+                                     skip_bad_rows=True)
     with caplog.at_level(logging.WARNING):
-        task = custom.register_text_task("custom_skip", prefix="p", source=path, inputs="text", targets="label",
-                                         skip_bad_rows=True)
+        assert _pairs(task) == [("p good", "yes"), ("p fine", "no")]
     assert [bad.line for bad in task.source.skipped] == [3, 4, 5, 6]
-    assert "skipped 4 bad row(s)" in caplog.text
-    assert _pairs(task) == [("p good", "yes"), ("p fine", "no")]
+    assert "skipped 4 bad row(s); first: " + path + ":3: expected 2" in caplog.text
     only_bad = _write(tmp_path / "bad.tsv", b"text\tlabel\nbad\n")
-    with pytest.raises(UserError, match="no usable rows"):
-        custom.register_text_task("custom_skip", prefix="p", source=only_bad, inputs="text", targets="label",
-                                  skip_bad_rows=True)
+    task = custom.register_text_task("custom_skip", prefix="p", source=only_bad, inputs="text", targets="label",
+                                     skip_bad_rows=True)
+    with pytest.raises(UserError, match=r"bad\.tsv: no usable rows \(1 bad row\(s\) skipped\)"):
+        _pairs(task)
+    header_only = _write(tmp_path / "header.tsv", b"text\tlabel\n\n")
+    with pytest.raises(UserError, match=r"header\.tsv: no usable rows \(the file has no data lines\)"):
+        custom.register_text_task("custom_skip", prefix="p", source=header_only, inputs="text", targets="label")
 
 
 def test_unknown_names_suggest_close_ones():

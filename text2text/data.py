@@ -17,7 +17,7 @@ import seqio
 import tensorflow as tf
 
 from text2text import packing
-from text2text.errors import UserError
+from text2text.errors import UserError, embedded_user_error
 
 BATCHES_CONSUMED = 'batches_consumed'
 FINGERPRINT = 'fingerprint'
@@ -142,7 +142,13 @@ class DataIterator:
     def __next__(self) -> dict[str, np.ndarray]:
         if self._iterator is None:
             self._iterator = self._make_dataset().skip(self._batches_consumed).as_numpy_iterator()
-        batch = next(self._iterator)
+        try:
+            batch = next(self._iterator)
+        except tf.errors.OpError as exc:  # e.g. a bad data row found while streaming a file task
+            user_error = embedded_user_error(exc)
+            if user_error is None:
+                raise
+            raise user_error from exc
         self._batches_consumed += 1
         return batch
 

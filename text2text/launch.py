@@ -20,7 +20,7 @@ from typing import Sequence
 import gin
 from gin import resource_reader
 
-from text2text.errors import UserError
+from text2text.errors import UserError, embedded_user_error
 
 # OSErrors the user fixes on their machine: one line, like a UserError, instead of a traceback.
 _ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
@@ -258,3 +258,9 @@ def main(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a UserError raised inside tf.data reaches here inside TensorFlow's error
+        embedded = embedded_user_error(exc)
+        if debug or embedded is None:
+            raise
+        print(f"error: {embedded}", file=sys.stderr)
+        return 2
