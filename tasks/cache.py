@@ -39,7 +39,11 @@ def _beam():
 
 
 def resolve_tasks(names: Sequence[str]) -> list[seqio.Task]:
-    """Registered tasks for task and mixture names (mixtures expand to their tasks), each once, in order."""
+    """Registered tasks for task and mixture names (mixtures expand to their tasks), each once, in order.
+
+    Raises UserError for an unknown name, a task without a `seqio.CacheDatasetPlaceholder`, or a TFDS dataset
+    that is not prepared.
+    """
     tasks: dict[str, seqio.Task] = {}
     for name in names:
         source = get_mixture_or_task(name)
@@ -47,10 +51,29 @@ def resolve_tasks(names: Sequence[str]) -> list[seqio.Task]:
             if not task.supports_caching:
                 raise UserError(f'task {task.name!r} (from --tasks={name}) cannot be cached: its preprocessors '
                                 'have no seqio.CacheDatasetPlaceholder')
-            tasks.setdefault(task.name, task)
+            if task.name not in tasks:
+                _check_shards(task)
+                tasks[task.name] = task
     if not tasks:
         raise UserError('--tasks names no task; pass --tasks=NAME[,NAME]')
     return list(tasks.values())
+
+
+def _check_shards(task: seqio.Task) -> None:
+    """Raise UserError unless each split of a TFDS-backed `task` lists its input shards (what Beam reads in parallel).
+
+    seqio's `TfdsDataSource` lists splits and shards from the prepared dataset's metadata; for a dataset that is
+    not downloaded and prepared it raises ValueError (no splits) or KeyError (unknown split).
+    """
+    loader = getattr(task.source, 'tfds_dataset', None)
+    if loader is None:
+        return
+    try:
+        for split in task.splits:
+            task.source.list_shards(split)
+    except (KeyError, ValueError) as exc:
+        raise UserError(f'task {task.name!r}: TFDS dataset {loader.name!r} is not prepared ({exc}); prepare it with '
+                        f'`tfds build {loader.name}` or set TFDS_DATA_DIR to a directory holding it') from exc
 
 
 def task_cache_dir(output_cache_dir: str, task: seqio.Task) -> str:

@@ -89,3 +89,56 @@ def task_examples(name: str, split: str, rows: Optional[Sequence[dict]] = None, 
 def text(value) -> str:
     """bytes -> str for comparing pretokenized fields."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _write_prepared_tfds_metadata(tfds_name: str, splits: Sequence[str], num_examples: int, data_dir: str) -> None:
+    """Write `dataset_info.json` (and features) for `tfds_name` under `data_dir`: one shard per split."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+    builder.info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(name=split, shard_lengths=[num_examples], num_bytes=0,
+                            filename_template=tfds.core.ShardedFileTemplate(
+                                data_dir=builder.data_dir, dataset_name=builder.name, split=split,
+                                filetype_suffix="tfrecord"))
+        for split in splits]))
+    os.makedirs(builder.data_dir, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+
+
+@contextlib.contextmanager
+def prepared_tfds_mock(names: Sequence[str], num_examples: int = 3,
+                       default_splits: Sequence[str] = ("train", "validation")):
+    """tfds.testing.mock_data under which the TFDS datasets of the named tasks/mixtures look downloaded and prepared.
+
+    The pip package of TFDS ships no metadata files, so mock_data's default policy (AUTO) falls back to USE_CODE:
+    builders then have no splits, and seqio's `TfdsDataSource` can list neither a task's splits nor its input
+    shards, which Beam caching (`tasks.cache`) needs. This writes each dataset's `dataset_info.json` with one shard
+    of `num_examples` examples for each of the task's split names (`default_splits` when the task names none) to a
+    temporary data_dir, and mocks with `MockPolicy.USE_FILES`; every split yields the same `num_examples` random
+    rows. seqio's memoized TFDS builders and shard lists are reset on entry and exit, so no other mock leaks in or
+    out. Yields the data_dir.
+    """
+    import tempfile
+
+    import seqio
+    import tensorflow_datasets as tfds
+
+    memoized = seqio.utils.LazyTfdsLoader._MEMOIZED_BUILDERS  # seqio keeps one builder per dataset across mocks
+    previous = dict(memoized)
+    with tempfile.TemporaryDirectory() as data_dir:
+        try:
+            for name in names:
+                source = seqio.get_mixture_or_task(name)
+                for task in source.tasks if isinstance(source, seqio.Mixture) else [source]:
+                    _write_prepared_tfds_metadata(task.source.tfds_dataset.name,
+                                                  tuple(task.source.splits) or default_splits, num_examples, data_dir)
+            memoized.clear()
+            seqio.TfdsDataSource.list_shards.cache_clear()
+            with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_FILES,
+                                        data_dir=data_dir):
+                yield data_dir
+        finally:
+            memoized.clear()
+            memoized.update(previous)
+            seqio.TfdsDataSource.list_shards.cache_clear()

@@ -49,11 +49,13 @@ def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
 def require_cached(mixture_or_task_name: str, split: str) -> None:
     """Raise UserError unless every task of the Task/Mixture has a completed seqio cache of `split`.
 
-    Caches are looked up in seqio's global cache dirs (`seqio.add_global_cache_dirs([DIR])`, or the
-    launcher's `launch.run.cache_dirs`); seqio would otherwise fall back to on-the-fly preprocessing silently.
+    A mixture's tasks without that split are skipped, as seqio's `Mixture.get_dataset` skips them. Caches are
+    looked up in seqio's global cache dirs (`seqio.add_global_cache_dirs([DIR])`, or the launcher's
+    `launch.run.cache_dirs`); seqio would otherwise fall back to on-the-fly preprocessing silently.
     """
     source = get_mixture_or_task(mixture_or_task_name)
-    for task in source.tasks if isinstance(source, seqio.Mixture) else [source]:
+    tasks = [t for t in source.tasks if split in t.splits] if isinstance(source, seqio.Mixture) else [source]
+    for task in tasks:
         if not task.supports_caching:
             raise UserError(f'task {task.name!r} cannot be read from a cache: its preprocessors have no '
                             'seqio.CacheDatasetPlaceholder; set use_cached=False')
