@@ -157,6 +157,14 @@ def _required_length(sequence_length, key, objective):
     return int(sequence_length[key])
 
 
+def _inputs_piece_length(sequence_length, output_features, objective):
+    """sequence_length['inputs'], less one when the inputs get EOS (room for it)."""
+    length = _required_length(sequence_length, "inputs", objective)
+    if "inputs" in output_features and output_features["inputs"].add_eos:
+        length -= 1
+    return length
+
+
 def _shared_vocabulary(output_features, input_feature_key):
     vocab = output_features["targets"].vocabulary
     if input_feature_key in output_features and output_features[input_feature_key].vocabulary != vocab:
@@ -228,9 +236,7 @@ def prefix_lm(
 
     Pieces hold sequence_length['inputs'] tokens, one fewer when the inputs get EOS.
     """
-    max_tokens = _required_length(sequence_length, "inputs", "prefix LM")
-    if "inputs" in output_features and output_features["inputs"].add_eos:
-        max_tokens -= 1
+    max_tokens = _inputs_piece_length(sequence_length, output_features, "prefix LM")
 
     @seqio.map_over_dataset(num_seeds=1)
     def split(x, seed):
@@ -253,9 +259,7 @@ def iid_denoising(
     independently with probability `noise_density`, and the concatenated documents are cut into pieces of
     sequence_length['inputs'] tokens (one fewer when the inputs get EOS).
     """
-    max_tokens = _required_length(sequence_length, "inputs", "i.i.d. denoising")
-    if "inputs" in output_features and output_features["inputs"].add_eos:
-        max_tokens -= 1
+    max_tokens = _inputs_piece_length(sequence_length, output_features, "i.i.d. denoising")
     vocab_size = _shared_vocabulary(output_features, "inputs").vocab_size
 
     @seqio.map_over_dataset(num_seeds=1)

@@ -85,6 +85,8 @@ def _mark(premise: str, index: int) -> str:
     """The premise with its index-th space-separated word starred, end punctuation kept outside: '*It* .'."""
     words = premise.split(" ")
     word = words[index]
+    if not word:
+        raise ValueError(f"WNLI simple: word {index} of premise {premise!r} is empty (repeated spaces)")
     if word.endswith(_END_PUNCTUATION):
         words[index] = f"*{word[:-1]}* {word[-1]}"
     else:
@@ -96,7 +98,8 @@ def wnli_inputs_and_targets(premise: str, hypothesis: str, label: str = "wsc:") 
     """(inputs, targets) as t5's `wnli_simple`: the pronoun whose neighbouring words best recur in the hypothesis
 
     (first on ties) is starred; the target is the hypothesis text standing in its place.
-    Raises ValueError when the premise has no pronoun or the candidate cannot be located.
+    Raises ValueError (as t5 fails) when the premise has no pronoun, the candidate cannot be located, or
+    repeated spaces make the pronoun's index point at an empty word.
     """
     premise_words, hypothesis_words = clean_words(premise), clean_words(hypothesis)
     indices = [i for i, word in enumerate(premise_words) if word in PRONOUNS]
@@ -110,7 +113,7 @@ def wnli_inputs_and_targets(premise: str, hypothesis: str, label: str = "wsc:") 
 
 @seqio.map_over_dataset
 def wnli_simple(x, label: str = "wsc:"):
-    """TFDS glue/wnli -> {'inputs', 'targets', 'premise', 'hypothesis', 'label', 'idx'} (see wnli_inputs_and_targets)."""
+    """glue/wnli row -> {'inputs', 'targets', 'premise', 'hypothesis', 'label', 'idx'} (wnli_inputs_and_targets)."""
 
     def compute(premise, hypothesis):
         return wnli_inputs_and_targets(premise.numpy().decode("utf-8"), hypothesis.numpy().decode("utf-8"), label)

@@ -73,6 +73,19 @@ def run_task(task_name: str, rows: Sequence[dict], split: Optional[str] = None) 
     return examples, batch
 
 
+def task_examples(name: str, split: str, rows: Optional[Sequence[dict]] = None, num_examples: int = 3,
+                  lengths: Optional[dict] = None) -> list:
+    """A registered task's examples (numpy dicts) on hand-written TFDS rows, or on TFDS random mock data."""
+    import seqio
+    import tensorflow_datasets as tfds
+
+    task = seqio.get_mixture_or_task(name)
+    mock = tfds.testing.mock_data(num_examples=num_examples) if rows is None else hand_written_tfds({split: rows})
+    with mock:
+        ds = task.get_dataset(lengths or SEQUENCE_LENGTH, split=split, shuffle=False, seed=0, try_in_mem_cache=False)
+        return list(ds.as_numpy_iterator())
+
+
 def text(value) -> str:
     """bytes -> str for comparing pretokenized fields."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)

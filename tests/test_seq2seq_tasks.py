@@ -3,23 +3,13 @@ import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 import tasks  # noqa: F401  (registers every task)
 from tasks import span_corruption, squad, wmt
-from tasks_fixtures import SEQUENCE_LENGTH, hand_written_tfds, spm_model, text  # noqa: F401
+from tasks_fixtures import SEQUENCE_LENGTH, spm_model, task_examples, text  # noqa: F401
 
 EOS = 1
 PRETRAINING_LENGTH = {"inputs": 64, "targets": 32}
-
-
-def task_examples(name, split, rows=None, num_examples=3, lengths=SEQUENCE_LENGTH):
-    """A registered task's examples on hand-written TFDS rows, or on TFDS random mock data when rows is None."""
-    task = seqio.get_mixture_or_task(name)
-    mock = tfds.testing.mock_data(num_examples=num_examples) if rows is None else hand_written_tfds({split: rows})
-    with mock:
-        ds = task.get_dataset(lengths, split=split, shuffle=False, seed=0, try_in_mem_cache=False)
-        return list(ds.as_numpy_iterator())
 
 
 def test_squad_format_matches_t5(spm_model):
