@@ -165,13 +165,17 @@ def test_span_corruption_statistics_match_on_500_examples(registries):
 def test_stsb_non_finite_and_constant_predictions_score_finite(registries, comparisons):
     result, _ = comparisons["glue_stsb_v002"]
     ours, theirs = registries.tasks["glue_stsb_v002"], registries.t5_tasks["glue_stsb_v002"]
-    for predictions in (["nan"] * result.examples, ["2.5"] * result.examples, ["inf", "1.0"] * 5):
-        predictions = predictions[:result.examples]
+    n = result.examples
+    for predictions in (["nan"] * n, ["2.5"] * n, (["inf", "1.0", "1e400", "4.2"] * n)[:n]):
         _, our_preds, our_scores = oracle.evaluate(ours, result.ours, predictions)
-        _, _, t5_scores = oracle.evaluate(theirs, result.theirs, predictions)
-        assert all(math.isfinite(p) for p in our_preds)
-        assert all(math.isfinite(v) for v in our_scores.values())
+        _, t5_preds, t5_scores = oracle.evaluate(theirs, result.theirs, predictions)
+        assert all(math.isfinite(p) for p in our_preds) and all(math.isfinite(v) for v in our_scores.values())
         assert math.isnan(t5_scores["pearson_corrcoef"])
+        if len(set(predictions)) == 1:  # constant (or all -1): the correlation is undefined, reported as 0
+            assert our_scores == {"pearson_corrcoef": 0.0, "spearman_corrcoef": 0.0}
+            assert math.isnan(t5_scores["spearman_corrcoef"])
+        else:  # t5 keeps inf (Spearman ranks it), we score it -1
+            assert not all(math.isfinite(p) for p in t5_preds) and math.isfinite(t5_scores["spearman_corrcoef"])
 
 
 def test_squad_v010_scores_the_answer_not_its_characters(registries):
@@ -203,6 +207,14 @@ def test_c4_variants_read_configs_that_exist(registries, comparisons, name):
                                                                                         registries.t5_tasks))
     assert len(ours) == oracle.MOCK_EXAMPLES + len(oracle.EDGE_STRINGS) + 1
     assert isinstance(theirs, ValueError) and "not found with version 2.2.0" in str(theirs)
+
+
+def test_glue_reads_tfds_version_2(registries):
+    glue = [name for name in registries.shared_tasks if name.startswith("glue_")]
+    assert len(glue) == 13  # 12 configs and WNLI simple
+    for name in glue:
+        assert registries.tasks[name].source.tfds_dataset.name.endswith(":2.0.0")
+        assert registries.t5_tasks[name].source.tfds_dataset.name.endswith(":1.0.0")
 
 
 def test_comparison_detects_a_difference(registries):
