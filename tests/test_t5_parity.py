@@ -12,6 +12,7 @@ import pytest
 import seqio
 
 import t5_oracle as oracle
+import t5_oracle_measures as measures
 from tasks_fixtures import spm_model  # noqa: F401  (fixture)
 
 SEQUENCE_LENGTH = {"inputs": 64, "targets": 32}
@@ -74,9 +75,9 @@ def rates(registries):
     """count -> mixture -> (our rates, t5's rates) by member name."""
     out = {}
     for count in EXAMPLE_COUNTS:
-        with oracle.example_counts(count, _splits_by_source(registries)):
-            out[count] = {name: (oracle.mixture_rates(registries.mixtures[name]),
-                                 oracle.mixture_rates(registries.t5_mixtures[name]))
+        with measures.example_counts(count, _splits_by_source(registries)):
+            out[count] = {name: (measures.mixture_rates(registries.mixtures[name]),
+                                 measures.mixture_rates(registries.t5_mixtures[name]))
                           for name in registries.shared_mixtures}
     return out
 
@@ -144,12 +145,12 @@ def test_glue_and_super_glue_rates_are_t5s_preprocessed_example_counts(rates):
 
 def test_span_corruption_statistics_match_on_500_examples(registries):
     lengths = {"inputs": 128, "targets": 32}
-    with oracle.mock_rows(random_rows=False, texts=oracle.documents(320, words=180)):
+    with oracle.mock_rows(random_rows=False, texts=measures.documents(320, words=180)):
         ours, theirs = (oracle.read(side["c4_v220_span_corruption"], "train", lengths, seed=3)
                         for side in (registries.tasks, registries.t5_tasks))
     assert len(ours) >= 500 and len(theirs) >= 500
     vocab_size = registries.tasks["c4_v220_span_corruption"].output_features["targets"].vocabulary.vocab_size
-    ours, theirs = (oracle.objective_statistics(examples[:500], vocab_size) for examples in (ours, theirs))
+    ours, theirs = (measures.objective_statistics(examples[:500], vocab_size) for examples in (ours, theirs))
     assert ours["sentinels_in_order"] == theirs["sentinels_in_order"] == 1.0
     assert ours["noise_density"] == pytest.approx(theirs["noise_density"], abs=0.002)
     assert ours["noise_density"] == pytest.approx(0.15, abs=0.005)
