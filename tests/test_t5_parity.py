@@ -2,8 +2,8 @@
 
 Every task both register: preprocessed strings, token ids and every other example field on tfds mock rows and
 hand-written edge rows; postprocessed targets/predictions and metric dicts on gold, wrong, unparseable and mixed
-predictions. Every mixture: members and each member's rate for two example counts. Span corruption: statistics
-on 500 examples. Anything that differs must be one of DIFFERENCES, the README's "Differences from the t5
+predictions. Every mixture: members and each member's rate for two example counts. Span corruption, i.i.d.
+denoising and prefix LM: statistics on 500 examples. Anything that differs must be one of DIFFERENCES, the README's "Differences from the t5
 library" table, each also checked on its own below.
 """
 import math
@@ -158,6 +158,23 @@ def test_span_corruption_statistics_match_on_500_examples(registries):
     assert ours["mean_span_length"] == pytest.approx(3.0, rel=0.02)
     assert ours["inputs_length"] == pytest.approx(theirs["inputs_length"], rel=0.01)
     assert ours["targets_length"] == pytest.approx(theirs["targets_length"], rel=0.01)
+
+
+def test_iid_denoising_and_prefix_lm_statistics_match_on_500_examples(registries):
+    lengths = {"inputs": 128, "targets": 128}
+    names = ("c4_v220_iid_denoising", "c4_v220_prefix_lm")
+    with oracle.mock_rows(random_rows=False, texts=measures.documents(320, words=180)):
+        read = {(name, side): oracle.read(tasks[name], "train", lengths, seed=3)
+                for name in names for side, tasks in (("ours", registries.tasks), ("t5", registries.t5_tasks))}
+    vocab_size = registries.tasks[names[0]].output_features["targets"].vocabulary.vocab_size
+    stats = {key: measures.objective_statistics(examples[:500], vocab_size) for key, examples in read.items()}
+    assert all(len(examples) >= 500 for examples in read.values())
+    ours, theirs = stats[names[0], "ours"], stats[names[0], "t5"]
+    assert ours["noise_density"] == pytest.approx(theirs["noise_density"], abs=0.005)
+    assert ours["mean_span_length"] == pytest.approx(theirs["mean_span_length"], rel=0.02)
+    ours, theirs = stats[names[1], "ours"], stats[names[1], "t5"]  # a uniform split point: half and half
+    assert ours["inputs_length"] == pytest.approx(theirs["inputs_length"], rel=0.05)
+    assert ours["targets_length"] == pytest.approx(theirs["targets_length"], rel=0.05)
 
 
 # ---------------------------------------------------------------- each documented difference on its own
