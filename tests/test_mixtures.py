@@ -82,20 +82,34 @@ def stub_sizes(monkeypatch):
 def test_registered_mixtures_rates(stub_sizes):
     en_mix = seqio.get_mixture_or_task("en_mix")
     rates = {t.name: en_mix.get_rate(t) for t in en_mix.tasks}
-    assert rates["c4_span_corruption"] == mixtures.EXAMPLES_LIMIT == 2**19
-    assert rates["glue_qqp_v002"] == 2**19
+    assert rates["c4_v020_unsupervised"] == mixtures.UNSUPERVISED_RATE == 1e6
+    assert rates["glue_qqp_v002"] == 1_000_000  # no limit K, as in t5
     assert rates["glue_cola_v002"] == 8_551 and rates["squad_v010_allanswers"] == 87_599
-    assert rates["glue_mnli_matched_v002"] == 0.0 and rates["super_glue_axb_v102"] == 0.0
+    assert rates["glue_mnli_matched_v002"] == 0.0 and rates["super_glue_axb_v102"] == 0.0  # no train split
 
     glue = seqio.get_mixture_or_task("glue_v002_proportional")
     names = {t.name for t in glue.tasks}
     assert "glue_wnli_v002" not in names and "glue_mnli_v002" in names
-    assert glue.get_rate(seqio.get_mixture_or_task("glue_qqp_v002")) == 1_000_000
+    assert glue.get_rate(seqio.get_mixture_or_task("glue_qqp_v002")) == 363_849  # t5's fixed GLUE weight
 
     for name in mixtures.MIXTURE_NAMES:
         mixture = seqio.get_mixture_or_task(name)
         assert mixture.total_rate > 0
-    all_tasks = {t.name for t in seqio.get_mixture_or_task("all_tasks_proportional").tasks}
-    assert {"cnn_dailymail_v002", "wmt14_ende_v003", "wmt16_enro_v003", "super_glue_record_v102"} <= all_tasks
+    all_tasks = seqio.get_mixture_or_task("all_tasks_proportional")
+    assert {"cnn_dailymail_v002", "wmt14_ende_v003", "wmt16_enro_v003", "super_glue_record_v102"} <= \
+        {t.name for t in all_tasks.tasks}
+    assert all_tasks.get_rate(seqio.get_mixture_or_task("glue_qqp_v002")) == mixtures.EXAMPLES_LIMIT
     assert {t.name for t in seqio.get_mixture_or_task("glue_squad_v002_proportional").tasks} == \
         set(mixtures.GLUE_TASKS) | {"squad_v010_allanswers"}
+
+
+def test_t5_mixture_tables_cover_the_registered_tasks():
+    from tasks import glue, super_glue
+
+    assert set(mixtures.GLUE_TASKS) == set(glue.TASK_NAMES) - {"glue_wnli_v002"}
+    assert set(mixtures.SUPER_GLUE_TASKS) == set(super_glue.TASK_NAMES)
+    assert set(mixtures.SUPER_GLUE_SENTINEL_WEIGHTS) <= set(seqio.TaskRegistry.names())
+    assert mixtures.sentinel_task_name("super_glue_wsc_v102_simple_train") == \
+        "super_glue_wsc_v102_simple_1_sentinel_train"
+    leave_out_glue = {name for name, _ in mixtures.t5_mixtures()["leave_one_out_glue_v002_proportional"][0]}
+    assert not leave_out_glue & set(mixtures.GLUE_TASKS) and "super_glue_rte_v102" in leave_out_glue

@@ -1,0 +1,248 @@
+"""Parity with the `t5` library 0.9.4 (test-only oracle, tests/t5_oracle.py) on the same rows and vocabulary.
+
+Every task both register: preprocessed strings, token ids and every other example field on tfds mock rows and
+hand-written edge rows; postprocessed targets/predictions and metric dicts on gold, wrong, unparseable and mixed
+predictions. Every mixture: members and each member's rate for two example counts. Span corruption, i.i.d.
+denoising and prefix LM: statistics on 500 examples. Anything that differs must be one of DIFFERENCES, the README's "Differences from the t5
+library" table, each also checked on its own below.
+"""
+import math
+
+import pytest
+import seqio
+
+import t5_oracle as oracle
+import t5_oracle_measures as measures
+from tasks_fixtures import spm_model  # noqa: F401  (fixture)
+
+SEQUENCE_LENGTH = {"inputs": 64, "targets": 32}
+LENGTHS = {
+    # t5's prefix-LM objective packers need one even length for every feature.
+    "c4_prefix_lm_objective_encoder_decoder_architecture": {"inputs": 64, "targets": 64},
+    "c4_prefix_lm_objective_decoder_architecture": {"inputs": 64, "targets": 64},
+    # TriviaQA cuts longer inputs at a random window around the answer: keep them whole.
+    "trivia_qa_v010": {"inputs": 4096, "targets": 32},
+}
+WSC_TASKS = ("super_glue_wsc_v102_simple_train", "super_glue_wsc_v102_simple_eval",
+             "super_glue_wsc_v102_simple_1_sentinel_train", "super_glue_wsc_v102_simple_1_sentinel_eval")
+# (name, what differs) -> README row. "examples": preprocessed examples; "metrics": postprocessing/metrics;
+# "rates": mixture rates.
+DIFFERENCES = {
+    ("c4_realnewslike_v020_unsupervised", "examples"): "t5 names TFDS config c4/en.realnewslike, which TFDS never had",
+    ("c4_webtextlike_v020_unsupervised", "examples"): "t5 names TFDS config c4/en.webtextlike, which TFDS never had",
+    ("trivia_qa_v010", "examples"): "answers are matched as literal text, t5 uses them as regular expressions",
+    **{(name, "examples"): "malformed WSC rows: t5 fails an assertion, we blank the word at span2_index"
+       for name in WSC_TASKS},
+    ("glue_stsb_v002", "metrics"): "non-finite predictions score -1, correlations are finite (t5: NaN)",
+    ("squad_v010", "metrics"): "scored against the target answer (t5 iterates over its characters)",
+    ("en_mix", "rates"): "a task without a train split gets rate 0 (t5's rate raises)",
+}
+EXAMPLE_COUNTS = (1_000, 10_000_000)
+
+
+@pytest.fixture(scope="module")
+def registries(spm_model):  # noqa: F811
+    """Both sides' tasks and mixtures, t5's vocabularies reading the test SentencePiece model."""
+    found = oracle.registries()
+    oracle.point_vocabularies_at(found.t5_tasks.values(), spm_model)
+    return found
+
+
+@pytest.fixture(scope="module")
+def comparisons(registries):
+    """name -> (TaskComparison, {prediction set: differences}) for every shared task."""
+    out = {}
+    for name in registries.shared_tasks:
+        ours, theirs = registries.tasks[name], registries.t5_tasks[name]
+        result = oracle.compare_task(ours, theirs, LENGTHS.get(name, SEQUENCE_LENGTH))
+        scored = {}
+        if result.examples and (ours.predict_metric_fns or theirs.predict_metric_fns):
+            for kind, predictions in oracle.prediction_sets(result.ours).items():
+                scored[kind] = oracle.outcome_differences(oracle.evaluate(ours, result.ours, predictions),
+                                                          oracle.evaluate(theirs, result.theirs, predictions))
+        out[name] = (result, scored)
+    return out
+
+
+def _splits_by_source(registries):
+    return {task.source.tfds_dataset.name.split(":")[0]: tuple(task.source._splits)
+            for task in registries.tasks.values() if isinstance(task.source, seqio.TfdsDataSource)
+            and task.source._splits}
+
+
+@pytest.fixture(scope="module")
+def rates(registries):
+    """count -> mixture -> (our rates, t5's rates) by member name."""
+    out = {}
+    for count in EXAMPLE_COUNTS:
+        with measures.example_counts(count, _splits_by_source(registries)):
+            out[count] = {name: (measures.mixture_rates(registries.mixtures[name]),
+                                 measures.mixture_rates(registries.t5_mixtures[name]))
+                          for name in registries.shared_mixtures}
+    return out
+
+
+def test_every_t5_task_and_mixture_is_registered_and_registries_are_restored(registries):
+    assert len(registries.t5_tasks) == 60 and len(registries.t5_mixtures) == 20
+    assert set(registries.t5_tasks) <= set(registries.tasks)
+    assert set(registries.t5_mixtures) <= set(registries.mixtures)
+    assert set(seqio.TaskRegistry.names()) >= set(registries.tasks)
+    for name in registries.shared_tasks:  # seqio's registry holds our objects again, never t5's
+        assert seqio.get_mixture_or_task(name) is registries.tasks[name]
+
+
+def test_examples_match_except_documented(comparisons):
+    differing = {(name, "examples") for name, (result, _) in comparisons.items() if result.differences}
+    assert differing == {key for key in DIFFERENCES if key[1] == "examples"}, {
+        name: result.differences[:3] for name, (result, _) in comparisons.items() if result.differences}
+    compared = [result for result, _ in comparisons.values() if not result.differences]
+    assert len(compared) == len(comparisons) - len(differing) >= 52
+    # Every compared task saw examples: random mock rows, edge rows or well-formed rows.
+    assert all(result.examples > 0 for result in compared), [r.name for r in compared if not r.examples]
+
+
+def test_postprocessing_and_metrics_match_except_documented(registries, comparisons):
+    scored = {name: kinds for name, (_, kinds) in comparisons.items() if kinds}
+    with_metrics = {name for name in registries.shared_tasks if registries.tasks[name].predict_metric_fns}
+    assert set(scored) == {name for name in with_metrics if comparisons[name][0].examples} and len(scored) >= 39
+    differing = {(name, "metrics") for name, kinds in scored.items() if any(kinds.values())}
+    assert differing == {key for key in DIFFERENCES if key[1] == "metrics"}, {
+        name: kinds for name, kinds in scored.items() if any(kinds.values())}
+    # STS-B differs only on non-finite predictions: gold and wrong-but-finite ones score the same.
+    assert not scored["glue_stsb_v002"]["gold"] and not scored["glue_stsb_v002"]["shifted"]
+
+
+def test_mixture_members_and_rates_match_except_documented(registries, rates):
+    assert len(registries.shared_mixtures) == 20
+    differing = {}
+    for count, by_mixture in rates.items():
+        for name, (ours, theirs) in by_mixture.items():
+            assert set(ours) == set(theirs), name
+            for task, rate in ours.items():
+                if not oracle.same(rate, theirs[task]):
+                    differing.setdefault(name, set()).add(task)
+    assert {(name, "rates") for name in differing} == {key for key in DIFFERENCES if key[1] == "rates"}
+    # ... and only for en_mix's members without a train split, where t5's rate raises (KeyError from tfds).
+    no_train = {"glue_mnli_matched_v002", "glue_mnli_mismatched_v002", "glue_ax_v002", "super_glue_axb_v102",
+                "super_glue_axg_v102", "super_glue_wsc_v102_simple_eval"}
+    assert differing["en_mix"] == no_train
+    for count in EXAMPLE_COUNTS:
+        ours, theirs = rates[count]["en_mix"]
+        assert all(ours[name] == 0.0 and isinstance(theirs[name], KeyError) for name in no_train)
+        # No cap on supervised rates, C4 at 1e6, as t5.
+        assert ours["glue_cola_v002"] == theirs["glue_cola_v002"] == count
+        assert ours["c4_v020_unsupervised"] == 1e6
+
+
+def test_glue_and_super_glue_rates_are_t5s_preprocessed_example_counts(rates):
+    ours, theirs = rates[EXAMPLE_COUNTS[0]]["super_glue_v102_proportional"]
+    # ReCoRD counts one example per answer, WSC training rows only the correct referents.
+    assert ours["super_glue_record_v102"] == theirs["super_glue_record_v102"] == 138_854
+    assert ours["super_glue_wsc_v102_simple_train"] == theirs["super_glue_wsc_v102_simple_train"] == 259
+    for count in EXAMPLE_COUNTS:
+        assert rates[count]["all_proportional"][0]["glue_rte_v002"] == 1_245  # halved next to SuperGLUE's RTE
+
+
+def test_span_corruption_statistics_match_on_500_examples(registries):
+    lengths = {"inputs": 128, "targets": 32}
+    with oracle.mock_rows(random_rows=False, texts=measures.documents(320, words=180)):
+        ours, theirs = (oracle.read(side["c4_v220_span_corruption"], "train", lengths, seed=3)
+                        for side in (registries.tasks, registries.t5_tasks))
+    assert len(ours) >= 500 and len(theirs) >= 500
+    vocab_size = registries.tasks["c4_v220_span_corruption"].output_features["targets"].vocabulary.vocab_size
+    ours, theirs = (measures.objective_statistics(examples[:500], vocab_size) for examples in (ours, theirs))
+    assert ours["sentinels_in_order"] == theirs["sentinels_in_order"] == 1.0
+    assert ours["noise_density"] == pytest.approx(theirs["noise_density"], abs=0.002)
+    assert ours["noise_density"] == pytest.approx(0.15, abs=0.005)
+    assert ours["mean_span_length"] == pytest.approx(theirs["mean_span_length"], rel=0.01)
+    assert ours["mean_span_length"] == pytest.approx(3.0, rel=0.02)
+    assert ours["inputs_length"] == pytest.approx(theirs["inputs_length"], rel=0.01)
+    assert ours["targets_length"] == pytest.approx(theirs["targets_length"], rel=0.01)
+
+
+def test_iid_denoising_and_prefix_lm_statistics_match_on_500_examples(registries):
+    lengths = {"inputs": 128, "targets": 128}
+    names = ("c4_v220_iid_denoising", "c4_v220_prefix_lm")
+    with oracle.mock_rows(random_rows=False, texts=measures.documents(320, words=180)):
+        read = {(name, side): oracle.read(tasks[name], "train", lengths, seed=3)
+                for name in names for side, tasks in (("ours", registries.tasks), ("t5", registries.t5_tasks))}
+    vocab_size = registries.tasks[names[0]].output_features["targets"].vocabulary.vocab_size
+    stats = {key: measures.objective_statistics(examples[:500], vocab_size) for key, examples in read.items()}
+    assert all(len(examples) >= 500 for examples in read.values())
+    ours, theirs = stats[names[0], "ours"], stats[names[0], "t5"]
+    assert ours["noise_density"] == pytest.approx(theirs["noise_density"], abs=0.005)
+    assert ours["mean_span_length"] == pytest.approx(theirs["mean_span_length"], rel=0.02)
+    ours, theirs = stats[names[1], "ours"], stats[names[1], "t5"]  # a uniform split point: half and half
+    assert ours["inputs_length"] == pytest.approx(theirs["inputs_length"], rel=0.05)
+    assert ours["targets_length"] == pytest.approx(theirs["targets_length"], rel=0.05)
+
+
+# ---------------------------------------------------------------- each documented difference on its own
+
+
+def test_stsb_non_finite_and_constant_predictions_score_finite(registries, comparisons):
+    result, _ = comparisons["glue_stsb_v002"]
+    ours, theirs = registries.tasks["glue_stsb_v002"], registries.t5_tasks["glue_stsb_v002"]
+    n = result.examples
+    for predictions in (["nan"] * n, ["2.5"] * n, (["inf", "1.0", "1e400", "4.2"] * n)[:n]):
+        _, our_preds, our_scores = oracle.evaluate(ours, result.ours, predictions)
+        _, t5_preds, t5_scores = oracle.evaluate(theirs, result.theirs, predictions)
+        assert all(math.isfinite(p) for p in our_preds) and all(math.isfinite(v) for v in our_scores.values())
+        assert math.isnan(t5_scores["pearson_corrcoef"])
+        if len(set(predictions)) == 1:  # constant (or all -1): the correlation is undefined, reported as 0
+            assert our_scores == {"pearson_corrcoef": 0.0, "spearman_corrcoef": 0.0}
+            assert math.isnan(t5_scores["spearman_corrcoef"])
+        else:  # t5 keeps inf (Spearman ranks it), we score it -1
+            assert not all(math.isfinite(p) for p in t5_preds) and math.isfinite(t5_scores["spearman_corrcoef"])
+
+
+def test_squad_v010_scores_the_answer_not_its_characters(registries):
+    ours, theirs = registries.tasks["squad_v010"], registries.t5_tasks["squad_v010"]
+    examples = [{"targets_pretokenized": b"Paris", "answers": [b"Paris"]}]
+    assert oracle.evaluate(ours, examples, ["Paris"])[2]["em"] == 100.0
+    assert oracle.evaluate(theirs, examples, ["Paris"])[2]["em"] == 0.0  # 'Paris' vs 'P', 'a', 'r', ...
+
+
+def test_trivia_qa_matches_answers_literally(comparisons):
+    result, _ = comparisons["trivia_qa_v010"]
+    # The punctuation-only answer '?!.,;:—…()' is a valid regular expression for t5, matching other text.
+    assert any("examples vs t5's" in difference for difference in result.differences)
+
+
+@pytest.mark.parametrize("name", WSC_TASKS)
+def test_wsc_malformed_rows_make_examples_where_t5_fails(registries, comparisons, name):
+    result, _ = comparisons[name]
+    assert result.raised
+    count, t5_count = (int(n) for n in result.differences[0].split(" examples vs t5's "))
+    assert count > t5_count > 0
+    with oracle.mock_rows():  # the rows t5 keeps (well-formed ones) give the same examples here
+        ours, theirs = (oracle.read(side[name], result.split, SEQUENCE_LENGTH, skip_errors=True)
+                        for side in (registries.tasks, registries.t5_tasks))
+    assert all(any(not oracle.example_differences([mine], [example]) for mine in ours) for example in theirs)
+
+
+@pytest.mark.parametrize("name", ["c4_realnewslike_v020_unsupervised", "c4_webtextlike_v020_unsupervised"])
+def test_c4_variants_read_configs_that_exist(registries, comparisons, name):
+    assert comparisons[name][0].differences[0].startswith("only one side raised")
+    with oracle.mock_rows():
+        ours, theirs = (oracle.read(side[name], "train", SEQUENCE_LENGTH) for side in (registries.tasks,
+                                                                                        registries.t5_tasks))
+    assert len(ours) == oracle.MOCK_EXAMPLES + len(oracle.EDGE_STRINGS) + 1
+    assert isinstance(theirs, ValueError) and "not found with version 2.2.0" in str(theirs)
+
+
+def test_glue_reads_tfds_version_2(registries):
+    glue = [name for name in registries.shared_tasks if name.startswith("glue_")]
+    assert len(glue) == 13  # 12 configs and WNLI simple
+    for name in glue:
+        assert registries.tasks[name].source.tfds_dataset.name.endswith(":2.0.0")
+        assert registries.t5_tasks[name].source.tfds_dataset.name.endswith(":1.0.0")
+
+
+def test_comparison_detects_a_difference(registries):
+    """The harness is not vacuous: a task compared with a different one (other prefix) differs."""
+    with oracle.mock_rows():
+        ours = oracle.read(registries.tasks["glue_rte_v002"], "train", SEQUENCE_LENGTH)
+        theirs = oracle.read(registries.t5_tasks["super_glue_rte_v102"], "train", SEQUENCE_LENGTH)
+    assert any("inputs" in difference for difference in oracle.example_differences(ours, theirs))
+    assert oracle.same(float("nan"), float("nan")) and not oracle.same(1.0, 1.1) and not oracle.same(b"a", "a ")
