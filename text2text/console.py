@@ -24,6 +24,8 @@ LIBRARY_CHATTER = (
     ("absl", r"^Using an uncached FunctionDataset"),  # seqio: a FunctionDataSource cannot be cached
     ("absl", r"^'logger_cls' is empty so seqio\.Evaluator will not log its results"),  # we write metrics.jsonl
     ("absl", r"^Given sequence lengths are longer than necessary for some evaluation inputs"),  # seqio's eval hint
+    ("absl", r"^CheckpointManagerOptions\.read_only=True, setting save_interval_steps=0|"
+             r"^Given directory is read only="),  # orbax, when eval/infer/export open MODEL_DIR read-only
 )
 # Native (C++) stderr lines printed while TensorFlow starts, dropped unless --verbose / --debug.
 NATIVE_CHATTER = re.compile(
@@ -34,6 +36,18 @@ NATIVE_CHATTER = re.compile(
 # Libraries whose INFO records bury the progress lines; they log at WARNING and above unless --verbose.
 _CHATTY_LOGGERS = ("absl", "orbax", "jax", "tensorflow", "gin")
 _OUR_LOGGERS = ("text2text", "tasks")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (tests and tools swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        del value
 
 
 def _from(record: logging.LogRecord, logger: str) -> bool:
@@ -60,7 +74,7 @@ def configure_logging(verbose: bool) -> None:
     root = logging.getLogger()
     handler = next((h for h in root.handlers if getattr(h, "_text2text", False)), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._text2text = True  # pylint: disable=protected-access
         root.addHandler(handler)

@@ -21,7 +21,7 @@ import pkgutil
 import re
 import sys
 import tokenize
-from typing import Sequence
+from typing import Any, Sequence
 
 import gin
 from gin import config_parser, resource_reader
@@ -84,18 +84,33 @@ def _is_macro_definition(binding: config_parser.BindingStatement) -> bool:
     return not binding.arg_name and not binding.scope and "." not in binding.selector
 
 
+@dataclasses.dataclass(frozen=True)
+class MacroRef:
+    """`%NAME` in a parsed value."""
+
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigurableRef:
+    """`@name` or `@name()` in a parsed value."""
+
+    name: str
+    evaluate: bool
+
+
 class _Recorder(config_parser.ParserDelegate):
-    """Parser delegate that records the macros a value names (configurable references stay opaque)."""
+    """Parser delegate that records the macros a value names; references become MacroRef / ConfigurableRef."""
 
     def __init__(self):
         self.macros: list[str] = []
 
     def configurable_reference(self, scoped_configurable_name, evaluate):
-        return ("@", scoped_configurable_name, evaluate)
+        return ConfigurableRef(scoped_configurable_name, evaluate)
 
     def macro(self, macro_name):
         self.macros.append(macro_name)
-        return ("%", macro_name)
+        return MacroRef(macro_name)
 
     def take(self) -> list[str]:
         taken, self.macros = self.macros, []
@@ -252,6 +267,31 @@ def read_sources(files: Sequence[str], bindings: Sequence[tuple[str, str]], path
     for flag, binding in bindings:
         _parse(Source(binding, flag=flag), paths, index)
     return index
+
+
+def read_bindings(path: str) -> dict[tuple[str, str], Any]:
+    """(selector, parameter) -> value of every unscoped binding of one gin file (e.g. a run's MODEL_DIR/config.gin,
+    which has no includes), macros resolved; configurable references stay ConfigurableRef. Nothing is imported
+    or bound. Raises UserError for a missing file or a syntax error."""
+    if not os.path.isfile(path):
+        raise UserError(f"gin file {path!r} not found")
+    with open(path, encoding="utf-8") as f:
+        source = Source(f.read(), path=path)
+    index = Index()
+    _parse(source, [], index)
+    macros = {name: s.binding.value for name, s in index.macro_definitions().items()}
+
+    def resolve(value: Any, depth: int = 0) -> Any:
+        if isinstance(value, MacroRef) and value.name in macros and depth < 32:
+            return resolve(macros[value.name], depth + 1)
+        if isinstance(value, (list, tuple)):
+            return type(value)(resolve(v, depth) for v in value)
+        if isinstance(value, dict):
+            return {k: resolve(v, depth) for k, v in value.items()}
+        return value
+
+    return {(s.binding.selector, s.binding.arg_name): resolve(s.binding.value) for s in index.statements
+            if not s.binding.scope and s.binding.arg_name}
 
 
 def _macro_hint(name: str, candidates: Sequence[str]) -> str:
