@@ -14,7 +14,7 @@ from typing import Sequence
 
 import gin
 
-from text2text import console, gin_sources
+from text2text import console, gin_load, gin_sources
 from text2text.errors import UserError
 
 # OSErrors the user fixes on their machine: one line, like a UserError, instead of a traceback.
@@ -111,7 +111,7 @@ def load_gin(flags: Flags) -> gin_sources.Index:
     """Checks and binds the gin files and bindings into the global gin config (imports the task registry first);
     returns the index of bindings used to explain later gin errors. Raises UserError (one line) on a mistake."""
     labels = flags.binding_flags + [f"--gin_bindings={b}" for b in flags.gin_bindings[len(flags.binding_flags):]]
-    return gin_sources.load(flags.gin_files, list(zip(labels, flags.gin_bindings)),
+    return gin_load.load(flags.gin_files, list(zip(labels, flags.gin_bindings)),
                             flags.gin_search_paths, import_registry=lambda: _import_registry(flags))
 
 
@@ -153,7 +153,8 @@ def main(argv: Sequence[str]) -> int:
         except RuntimeError as exc:  # gin: a parameter bound to %gin.REQUIRED was never given a value
             if not str(exc).startswith("Required bindings"):
                 raise
-            raise UserError(gin_sources.required_message(exc, index) or f"gin: {str(exc).splitlines()[0]}") from exc
+            message = gin_load.required_message(exc, index) or f"gin: {str(exc).splitlines()[0]}"
+            raise UserError(message) from exc
         return 0
     except UserError as exc:
         if debug:
