@@ -50,9 +50,11 @@ RULES = [
     Rule("tests", r"-m pytest", skip="it is this test suite, after a pip install from the network"),
     Rule("demo", r"run\.py --gin_file=gin_configs/demo\.gin", run=True, append=DEMO_SHORT, drop=INSTALL_STEPS),
     Rule("help", r"^\.venv/bin/python run\.py --help$", run=True),
-    Rule("peft", r"run\.py --gin_file=peft/", run=True, after="demo", append="--gin.TRAIN_STEPS=2"),
+    Rule("peft", r"run\.py --gin_file=peft/", run=True, after="demo",
+         append="--gin.TRAIN_STEPS=2 --gin.EVAL_PERIOD=0"),
     Rule("export", r"run\.py --gin_file=runs/export\.gin", run=True, after="demo"),
-    Rule("demo_eval_infer", r"run\.py .*--gin_file=runs/(eval|infer|score)\.gin.*runs/demo", run=True, after="demo"),
+    Rule("demo_eval_infer", r"run\.py .*--gin_file=runs/(eval|infer|score)\.gin.*runs/demo", run=True,
+         after="demo"),
     Rule("beam_cache", r"-m tasks\.cache", skip="needs network: pip install, TFDS downloads of GLUE/C4, gs:// "
                                                 "buckets and Dataflow (tests/test_cache.py runs the cache on mock data)"),
     Rule("slurm", r"\bsrun\b", skip="needs a SLURM cluster (srun) and shared storage"),
