@@ -55,8 +55,9 @@ RULES = [
     Rule("export", r"run\.py --gin_file=runs/export\.gin", run=True, after="demo"),
     Rule("demo_eval_infer", r"run\.py .*--gin_file=runs/(eval|infer|score)\.gin.*runs/demo", run=True,
          after="demo"),
-    Rule("beam_cache", r"-m tasks\.cache", skip="needs network: pip install, TFDS downloads of GLUE/C4, gs:// "
-                                                "buckets and Dataflow (tests/test_cache.py runs the cache on mock data)"),
+    Rule("beam_cache", r"-m tasks\.cache",
+         skip="needs network: pip install, TFDS downloads of GLUE and C4 (c4_v220_span_corruption), gs:// buckets "
+              "and Dataflow (tests/test_cache.py runs the cache on mock data)"),
     Rule("slurm", r"\bsrun\b", skip="needs a SLURM cluster (srun) and shared storage"),
     Rule("gcloud", r"\bgcloud\b", skip="needs network: gcloud and a Cloud TPU pod"),
     Rule("multi_host", r"coordinator_address", skip="a template for 4 hosts (`...` stands for the run's flags)"),
