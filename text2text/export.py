@@ -93,11 +93,11 @@ def export_checkpoint(model_dir: str, output_dir: str, step: int | None = None) 
     Face T5 directory (fp32 weights, config.json, spiece.model, tokenizer_config.json); prints and returns
     `output_dir`. Scanned layers are unstacked. Raises UserError for a directory without a run or checkpoint."""
     model_config, vocab_path = run_settings(model_dir)
+    vocab_lib.check_model_file(vocab_path)
     step, params = _restore_params(model_dir, model_config, step)
     if model_config.scan_layers:
         params, model_config = scan.unscan_params(params, model_config), scan.unscanned_config(model_config)
     hf.save_hf_checkpoint(model_config, params, output_dir)
-    vocab_lib.check_model_file(vocab_path)
     write_tokenizer(vocab_path, output_dir, model_config.vocab_size)
     print(f"exported step {step} of {model_dir} to {output_dir} "
           f"({', '.join(sorted(os.listdir(output_dir)))})")
