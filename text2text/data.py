@@ -23,7 +23,7 @@ BATCHES_CONSUMED = 'batches_consumed'
 FINGERPRINT = 'fingerprint'
 
 
-def _hide_gpus_from_tensorflow() -> None:
+def hide_gpus_from_tensorflow() -> None:
     """Keep TensorFlow (input pipeline only) off accelerators so JAX owns their memory."""
     try:
         tf.config.set_visible_devices([], 'GPU')
@@ -81,7 +81,7 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
     `drop_remainder=None` drops a final partial batch when shuffling (training) and keeps it otherwise
     (see `pad_batch`). Elements are dicts of int32 tensors; `tfds.as_numpy`/`DataIterator` yield numpy.
     """
-    _hide_gpus_from_tensorflow()
+    hide_gpus_from_tensorflow()
     source = get_mixture_or_task(mixture_or_task_name)
     if use_cached:
         require_cached(mixture_or_task_name, split)

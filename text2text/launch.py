@@ -8,23 +8,18 @@ import dataclasses
 import difflib
 import errno
 import importlib
-import inspect
-import io
-import logging
-import os
 import re
 import sys
-import tokenize
 from typing import Sequence
 
 import gin
-from gin import resource_reader
 
+from text2text import console, gin_load, gin_sources
 from text2text.errors import UserError, embedded_user_error
 
 # OSErrors the user fixes on their machine: one line, like a UserError, instead of a traceback.
 _ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
-GIN_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
+GIN_CONFIGS_DIR = gin_sources.GIN_CONFIGS_DIR
 
 # mode name -> (module, function); gin files choose the mode with `launch.run.mode = "..."`.
 MODES = {
@@ -33,14 +28,19 @@ MODES = {
     "infer": ("text2text.modes", "infer_checkpoint"),
     "score": ("text2text.modes", "score_checkpoint"),
     "demo": ("text2text.demo", "run_demo"),
+    "export": ("text2text.export", "export_checkpoint"),
 }
 
-USAGE = """usage: python run.py --gin_file=FILE [--gin_file=FILE ...] [--gin.KEY=VALUE ...]
-                     [--gin_search_paths=DIR[,DIR...]] [--debug]
+USAGE = """usage: .venv/bin/python run.py --gin_file=FILE [--gin_file=FILE ...] [--gin.KEY=VALUE ...]
+                               [--gin_search_paths=DIR[,DIR...]] [--verbose] [--debug]
 
-Runs the mode a gin file selects (train, eval, infer, score, demo), e.g.
-  python run.py --gin_file=gin_configs/demo.gin
-  python run.py --gin_file=glue/t5_1_1_small_finetune.gin --gin.MODEL_DIR='"/tmp/glue"'
+Runs the mode a gin file selects (train, eval, infer, score, demo, export), e.g.
+  .venv/bin/python run.py --gin_file=gin_configs/demo.gin
+  .venv/bin/python run.py --gin_file=glue/t5_1_1_small_finetune.gin --gin.MODEL_DIR='"/tmp/glue"'
+
+Gin files are looked up as given, then under --gin_search_paths, the current directory and gin_configs/.
+A string value needs gin quotes inside shell quotes: --gin.MODEL_DIR='"runs/x"'.
+--verbose shows library log messages; --debug also shows the traceback of an error.
 """
 
 
@@ -51,12 +51,15 @@ class Flags:
     gin_files: list[str] = dataclasses.field(default_factory=list)
     gin_bindings: list[str] = dataclasses.field(default_factory=list)
     gin_search_paths: list[str] = dataclasses.field(default_factory=list)
+    binding_flags: list[str] = dataclasses.field(default_factory=list)  # the flag each gin binding came from
     debug: bool = False
+    verbose: bool = False
     help: bool = False
 
 
 def parse_flags(argv: Sequence[str]) -> Flags:
-    """Parses T5X-style flags: --gin_file, --gin.KEY=VALUE, --gin_bindings, --gin_search_paths, --debug."""
+    """Parses T5X-style flags: --gin_file, --gin.KEY=VALUE, --gin_bindings, --gin_search_paths, --verbose,
+    --debug (implies --verbose)."""
     flags = Flags()
     args = list(argv)
     while args:
@@ -64,14 +67,16 @@ def parse_flags(argv: Sequence[str]) -> Flags:
         if arg in ("-h", "--help"):
             flags.help = True
             continue
-        if arg == "--debug":
-            flags.debug = True
+        if arg in ("--debug", "--verbose"):
+            flags.debug = flags.debug or arg == "--debug"
+            flags.verbose = True
             continue
         name, has_value, value = arg.partition("=")
         if name.startswith("--gin.") and len(name) > len("--gin."):
             if not has_value:
                 raise UserError(f"flag {arg!r}: expected --gin.KEY=VALUE")
             flags.gin_bindings.append(f"{name[len('--gin.'):]} = {value}")
+            flags.binding_flags.append(arg)
             continue
         if name in ("--gin_file", "--gin_bindings", "--gin_search_paths"):
             if not has_value:
@@ -82,124 +87,32 @@ def parse_flags(argv: Sequence[str]) -> Flags:
                 flags.gin_files.append(value)
             elif name == "--gin_bindings":
                 flags.gin_bindings.append(value)
+                flags.binding_flags.append(f"--gin_bindings={value}")
             else:
                 flags.gin_search_paths.extend(p for p in value.split(",") if p)
             continue
-        known = ["--gin_file", "--gin.KEY=VALUE", "--gin_bindings", "--gin_search_paths", "--debug", "--help"]
+        known = ["--gin_file", "--gin.KEY=VALUE", "--gin_bindings", "--gin_search_paths", "--verbose", "--debug",
+                 "--help"]
         raise UserError(f"unknown flag {name!r}; known flags: {', '.join(known)}")
     if not flags.gin_files and not flags.help:
         raise UserError("no --gin_file given; e.g. --gin_file=gin_configs/demo.gin")
     return flags
 
 
-def _search_paths(flags: Flags) -> list[str]:
-    return [*flags.gin_search_paths, os.getcwd(), GIN_CONFIGS_DIR]
+def _import_registry(flags: Flags) -> None:
+    """Imports the task registry (and with it TensorFlow, seqio and JAX) and keeps TensorFlow off the GPUs, with
+    their native start-up chatter hidden unless --verbose/--debug."""
+    with console.quiet_native_stderr(enabled=not flags.verbose):
+        importlib.import_module("tasks")
+        importlib.import_module("text2text.data").hide_gpus_from_tensorflow()
 
 
-def resolve_gin_file(path: str, search_paths: Sequence[str]) -> str:
-    """Finds a gin file as given or under a search path; a missing one names the closest files."""
-    candidates = [path] + [os.path.join(d, path) for d in search_paths if not os.path.isabs(path)]
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            if not os.access(candidate, os.R_OK):
-                raise UserError(f"gin file {candidate!r} is not readable")
-            try:
-                with open(candidate, encoding="utf-8") as f:
-                    f.read()
-            except UnicodeDecodeError as exc:
-                raise UserError(f"gin file {candidate!r} is not UTF-8 text (byte {exc.start}); expected a gin "
-                                "config file") from exc
-            except OSError as exc:
-                raise UserError(f"gin file {candidate!r} cannot be read: {exc.strerror}") from exc
-            return candidate
-    known = []
-    for root in search_paths:
-        for dirpath, _, files in os.walk(root):
-            known += [os.path.relpath(os.path.join(dirpath, f), root) for f in files if f.endswith(".gin")]
-    close = difflib.get_close_matches(path.removeprefix("gin_configs/"), known, n=3, cutoff=0.5)
-    hint = f"; closest: {', '.join(close)}" if close else ""
-    raise UserError(f"gin file {path!r} not found (searched {', '.join(search_paths)}){hint}")
-
-
-def _registered_configurables() -> list[str]:
-    """Selectors gin knows (including their parameters), for "did you mean" hints."""
-    names = []
-    for selector, configurable in gin.config._REGISTRY.items():  # pylint: disable=protected-access
-        names.append(selector)
-        try:
-            params = inspect.signature(configurable.wrapped).parameters
-        except (TypeError, ValueError):
-            params = {}
-        names += [f"{selector}.{p}" for p in params]
-    return names
-
-
-def _gin_error(exc: Exception) -> UserError:
-    """Turns a gin exception into one line naming the key, with the closest registered names."""
-    message = str(exc).strip().splitlines()
-    first = message[0] if message else type(exc).__name__
-    macro = re.search(r"No bindings specified for '([^'/]+)/gin\.macro'", first)
-    required = re.search(r"^([A-Za-z_][\w.]*)/macro\.value set to `%gin\.REQUIRED`", first)
-    if required:
-        name = required.group(1)
-        return UserError(f"gin macro {name} is %gin.REQUIRED but not bound; pass --gin.{name}=VALUE or bind it in a gin file")
-    if macro:
-        return UserError(f"gin macro {macro.group(1)} is used but never bound; bind it in a gin file or with "
-                         f"--gin.{macro.group(1)}=VALUE (MODEL comes from a model file such as models/t5_1_1/small.gin)")
-    location = next((line.strip() for line in message[1:] if "line" in line and ("In " in line or "file" in line)), "")
-    match = re.search(r"matching '([^']+)'|'([^']+)' doesn't have a parameter named '([^']+)'", first)
-    hint = ""
-    if match:
-        key = match.group(1) or f"{match.group(2)}.{match.group(3)}"
-        close = difflib.get_close_matches(key, _registered_configurables(), n=3, cutoff=0.5)
-        hint = f"; closest: {', '.join(close)}" if close else ""
-    where = f" ({location})" if location else ""
-    return UserError(f"gin: {first}{where}{hint}")
-
-
-def _package_gin_file_exists(path: str) -> bool:
-    """gin's test for a gin file inside a Python package, without its TypeError on namespace packages
-
-    (a folder such as the demo's `runs/` output would otherwise break `include "runs/finetune.gin"`)."""
-    try:
-        return resource_reader.system_path_file_exists(path)
-    except TypeError:
-        return False
-
-
-def _use_safe_gin_file_readers() -> None:
-    readers = gin.config._FILE_READERS  # pylint: disable=protected-access
-    readers[:] = [(read, _package_gin_file_exists if exists is resource_reader.system_path_file_exists else exists)
-                  for read, exists in readers]
-
-
-def load_gin(flags: Flags) -> None:
-    """Parses gin files and bindings into the global gin config (imports the task registry first)."""
-    importlib.import_module("tasks")
-    _use_safe_gin_file_readers()
-    search_paths = _search_paths(flags)
-    for path in search_paths:
-        if os.path.isdir(path):
-            gin.add_config_file_search_path(path)
-    files = [resolve_gin_file(f, search_paths) for f in flags.gin_files]
-    try:
-        gin.parse_config_files_and_bindings(files, flags.gin_bindings, finalize_config=False)
-        gin.finalize()
-    except (ValueError, KeyError, SyntaxError, OSError) as exc:
-        raise _gin_error(exc) from exc
-    except tokenize.TokenError as exc:  # an unclosed bracket or string runs to the end of the input
-        raise UserError(_unclosed_binding_message(flags.gin_bindings, exc)) from exc
-
-
-def _unclosed_binding_message(bindings: Sequence[str], exc: tokenize.TokenError) -> str:
-    """Names the --gin binding whose bracket or string is never closed (gin only reports end of input)."""
-    for binding in bindings:
-        try:
-            list(tokenize.generate_tokens(io.StringIO(binding).readline))
-        except tokenize.TokenError:
-            key, _, value = binding.partition(" = ")
-            return f"--gin.{key}={value}: unclosed bracket or string in the value"
-    return f"gin: {exc.args[0]} (an unclosed bracket or string in a gin file)"
+def load_gin(flags: Flags) -> gin_sources.Index:
+    """Checks and binds the gin files and bindings into the global gin config (imports the task registry first);
+    returns the index of bindings used to explain later gin errors. Raises UserError (one line) on a mistake."""
+    labels = flags.binding_flags + [f"--gin_bindings={b}" for b in flags.gin_bindings[len(flags.binding_flags):]]
+    return gin_load.load(flags.gin_files, list(zip(labels, flags.gin_bindings)),
+                            flags.gin_search_paths, import_registry=lambda: _import_registry(flags))
 
 
 def run(mode: str = "train", cache_dirs: Sequence[str] = (), coordinator_address: str | None = None,
@@ -220,27 +133,28 @@ def run(mode: str = "train", cache_dirs: Sequence[str] = (), coordinator_address
                                                                else list(cache_dirs))
     module_name, function_name = MODES[mode]
     function = getattr(importlib.import_module(module_name), function_name)
-    try:
-        return gin.get_configurable(function)()
-    except RuntimeError as exc:
-        if str(exc).startswith("Required bindings"):
-            raise _gin_error(exc) from exc
-        raise
+    return gin.get_configurable(function)()
 
 
 def main(argv: Sequence[str]) -> int:
     """Runs the command line; returns the process exit code."""
     debug = "--debug" in argv
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("absl", "orbax", "jax", "tensorflow"):  # their INFO chatter buries the progress lines
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    verbose = debug or "--verbose" in argv
+    console.set_native_log_level(verbose)
+    console.configure_logging(verbose)
     try:
         flags = parse_flags(argv)
         if flags.help:
             print(USAGE)
             return 0
-        load_gin(flags)
-        gin.get_configurable(run)()
+        index = load_gin(flags)
+        try:
+            gin.get_configurable(run)()
+        except RuntimeError as exc:  # gin: a parameter bound to %gin.REQUIRED was never given a value
+            if not str(exc).startswith("Required bindings"):
+                raise
+            message = gin_load.required_message(exc, index) or f"gin: {str(exc).splitlines()[0]}"
+            raise UserError(message) from exc
         return 0
     except UserError as exc:
         if debug:

@@ -45,7 +45,8 @@ def evaluate_checkpoints(model: EncoderDecoderModel, mixture_or_task_name: str, 
                          batch_size: int = 32, decode_kwargs: Mapping[str, Any] | None = None,
                          mesh_config: trainer.MeshConfig = trainer.MeshConfig(),
                          use_cached: bool = False) -> dict[int | None, dict]:
-    """Evaluates one checkpoint (CHECKPOINT_PATH) or every checkpoint in MODEL_DIR; metrics go to metrics.jsonl."""
+    """Evaluates one checkpoint (CHECKPOINT_PATH) or every checkpoint in MODEL_DIR; prints each checkpoint's
+    metrics table and appends the metrics to MODEL_DIR/metrics.jsonl (printing its path)."""
     mesh, rules, abstract = _setup(model, mesh_config, task_feature_lengths)
     evaluator = evaluation.TaskEvaluator(model, mixture_or_task_name, task_feature_lengths, split=split,
                                          batch_size=batch_size, model_dir=model_dir, decode_kwargs=decode_kwargs,
@@ -55,7 +56,9 @@ def evaluate_checkpoints(model: EncoderDecoderModel, mixture_or_task_name: str, 
         params = pretrained.load_params(path, model.config, abstract)
         with partitioning.mesh_context(mesh, rules):
             results[step] = evaluator.evaluate(params, step=step)
-        print(evaluation.format_metrics_table(results[step]))
+        print(f"{path}:\n{evaluation.format_metrics_table(results[step])}")
+    if model_dir and jax.process_index() == 0:
+        print(f"appended the metrics to {os.path.join(model_dir, evaluation.METRICS_FILE)}")
     return results
 
 
@@ -67,13 +70,13 @@ def infer_checkpoint(model: EncoderDecoderModel, mixture_or_task_name: str, task
                      output_dir: str, model_dir: str | None = None, checkpoint_path: str | None = None,
                      split: str = "validation", batch_size: int = 32, decode_kwargs: Mapping[str, Any] | None = None,
                      mesh_config: trainer.MeshConfig = trainer.MeshConfig()) -> list[str]:
-    """Writes predictions of the latest (or given) checkpoint to OUTPUT_DIR/infer/<task>.jsonl."""
+    """Writes predictions of the latest (or given) checkpoint to OUTPUT_DIR/infer/<task>.jsonl; prints the paths."""
     mesh, rules, abstract = _setup(model, mesh_config, task_feature_lengths)
     params = pretrained.load_params(_latest(model_dir, checkpoint_path), model.config, abstract)
     with partitioning.mesh_context(mesh, rules):
         paths = evaluation.infer(model, params, mixture_or_task_name, task_feature_lengths, split, batch_size,
                                  output_dir, decode_kwargs=decode_kwargs)
-    print("\n".join(paths))
+    print("\n".join(f"wrote predictions to {p}" for p in paths))
     return paths
 
 
@@ -81,11 +84,12 @@ def score_checkpoint(model: EncoderDecoderModel, mixture_or_task_name: str, task
                      output_dir: str, model_dir: str | None = None, checkpoint_path: str | None = None,
                      split: str = "validation", batch_size: int = 32,
                      mesh_config: trainer.MeshConfig = trainer.MeshConfig()) -> list[str]:
-    """Writes the log-likelihood of each example's target under the latest (or given) checkpoint."""
+    """Writes the log-likelihood of each example's target under the latest (or given) checkpoint to
+    OUTPUT_DIR/<task>.scores.jsonl; prints the paths."""
     mesh, rules, abstract = _setup(model, mesh_config, task_feature_lengths)
     params = pretrained.load_params(_latest(model_dir, checkpoint_path), model.config, abstract)
     with partitioning.mesh_context(mesh, rules):
         paths = evaluation.score(model, params, mixture_or_task_name, task_feature_lengths, split, batch_size,
                                  output_dir)
-    print("\n".join(paths))
+    print("\n".join(f"wrote scores to {p}" for p in paths))
     return paths

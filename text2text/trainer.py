@@ -108,11 +108,11 @@ def _start(model, tx, model_dir, mixture_or_task_name, task_feature_lengths, bat
     if restored is not None:
         latest, state, data_state = restored
         iterator.restore(data_state)
-        logging.info("resumed from %s at step %d", model_dir, latest)
+        logging.getLogger(__name__).info("resumed from %s at step %d", model_dir, latest)
     elif init_checkpoint:
         params = pretrained.load_params(init_checkpoint, model.config, state.params)
         state = state.replace(params=params)
-        logging.info("initialised params from %s", init_checkpoint)
+        logging.getLogger(__name__).info("initialised params from %s", init_checkpoint)
     step = _skip_nonfinite(make_train_step(model.loss_fn, tx, num_microbatches, loss_normalizing_factor))
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     with partitioning.mesh_context(mesh, rules):

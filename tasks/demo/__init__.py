@@ -2,8 +2,8 @@
 
 Registers, with the shared lazy vocabulary of tasks.vocab (point it at `train_demo_vocabulary`'s model first):
 - `demo_corpus_span_corruption`: T5 span corruption on the shipped corpus (tasks/demo/corpus.txt);
-- `demo_<family>` for each training family: its train split, each example under one of the family's training
-  templates (chosen per example, seeded), target = the answer text;
+- `demo_<family>` for each training family: its train and validation splits, each example under one of the
+  family's training templates (chosen per example, seeded), target = the answer text, exact-match accuracy;
 - `demo_multitask` (TRAIN_MIXTURE): span corruption + the training families, examples-proportional with a cap;
 - `demo_<family>_t<i>` for every evaluation template (all templates of a held-out family, the held-out templates
   of a training family) on the validation split: rank classification over the verbalizer's answer choices for
@@ -106,7 +106,8 @@ def register() -> None:
     training, evaluation = [PRETRAINING_TASK_NAME], []
     for family in FAMILIES:
         if not family.held_out:
-            _generative_task(training_task_name(family), {"train": training_rows(family)})
+            _generative_task(training_task_name(family), {split: training_rows(family, split)
+                                                          for split in families.SPLIT_SIZES})
             training.append(training_task_name(family))
         validation = families.generate(family.name, "validation")
         for index, template in eval_templates(family):
