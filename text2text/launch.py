@@ -20,6 +20,7 @@ from typing import Sequence
 import gin
 from gin import resource_reader
 
+from text2text import errors
 from text2text.errors import UserError
 
 # OSErrors the user fixes on their machine: one line, like a UserError, instead of a traceback.
@@ -254,6 +255,12 @@ def main(argv: Sequence[str]) -> int:
             raise
         message = re.sub(r"\n\s*In call to configurable .*", "", str(exc))
         print(f"error: {message}; free space or fix the permissions, then rerun", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a UserError raised inside tf.data arrives wrapped in a TensorFlow error
+        message = errors.wrapped_user_error(exc)
+        if debug or message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
