@@ -109,7 +109,8 @@ def test_adafactor_decay_offset_is_finite_from_a_fresh_state():
     np.testing.assert_allclose(first, _adafactor_updates(optim.adafactor(), params, grads, 1)[0])
     # a factored matrix and an offset larger than the run so far: every update is finite
     big = {'w': jnp.full((256, 130), 0.5)}
-    steps = _adafactor_updates(optim.adafactor(learning_rate=0.01, decay_offset=50), big, {'w': jnp.ones((256, 130))}, 5)
+    tx = optim.adafactor(learning_rate=0.01, decay_offset=50)
+    steps = _adafactor_updates(tx, big, {'w': jnp.ones((256, 130))}, 5)
     assert all(np.isfinite(p['w']).all() for p in steps)
 
 
@@ -123,8 +124,8 @@ def test_adafactor_decay_offset_restarts_the_decay_of_a_continued_count(params):
     fresh = _adafactor_updates(optim.adafactor(learning_rate=optim.constant_schedule(0.01)), params, grads, 3)
     for a, b in zip(jax.tree.leaves(continued), jax.tree.leaves(fresh)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
-    counts = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(optim.with_update_count(tx.init(params), 7))[0]
-              if getattr(path[-1], 'name', None) == 'count']
+    leaves = jax.tree_util.tree_flatten_with_path(optim.with_update_count(tx.init(params), 7))[0]
+    counts = [leaf for path, leaf in leaves if getattr(path[-1], 'name', None) == 'count']
     assert [int(c) for c in counts] == [7, 7]  # Adafactor's own count and the learning-rate schedule's
 
 

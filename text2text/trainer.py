@@ -16,7 +16,7 @@ import optax
 import seqio
 from jax.experimental import multihost_utils
 
-from text2text import checkpoints, data, evaluation, optim, partitioning, pretrained, reporting
+from text2text import checkpoints, data, evaluation, optim, partitioning, pretrained, reporting, run_lock
 from text2text.errors import UserError
 from text2text.models import EncoderDecoderModel
 from text2text.train_state import TrainState, make_train_step
@@ -219,8 +219,9 @@ _FIRST_STEP_CAUSES = ("the learning rate (its schedule's value at this step), ad
 
 class _NonfiniteGuard:
     """What a non-finite step does: stops the run with a UserError (after pending saves), or with `skip` is
-    skipped with a warning, up to `limit` steps in a row (one more stops the run). While no step of this run has been finite
-    the error names the settings that break a first step; later ones point at the learning rate and the data."""
+    skipped with a warning, up to `limit` steps in a row (one more stops the run). While no step of this run has
+    been finite the error names the settings that break a first step; later ones point at the learning rate and
+    the data."""
 
     def __init__(self, skip: bool, limit: int, run: Run, model_dir: str):
         self.skip, self.limit, self.run, self.model_dir = skip, limit, run, model_dir
@@ -301,7 +302,8 @@ def train(
     row; one more stops the run). `initial_step` starts a fresh run's step counter and optimizer update counts
     there, e.g. at the step of the pre-trained INITIAL_CHECKPOINT_PATH as T5X fine-tuning does (TRAIN_STEPS
     then counts on from it; pair with `adafactor.decay_offset = initial_step`). SIGTERM (preemption) saves a
-    checkpoint at the current step and returns normally. `shuffle=False` reads the examples in order (each
+    checkpoint at the current step and returns normally. A second run on the same MODEL_DIR stops at the start
+    with a UserError naming the first (`run_lock`). `shuffle=False` reads the examples in order (each
     host its `jax.process_index()`-th shard of them), e.g. to compare runs exactly. Returns the final step, the
     last train metrics, the last eval results, the number of skipped steps and whether the run was preempted.
     """
@@ -314,63 +316,64 @@ def train(
         raise UserError(f"TRAIN_STEPS={train_steps} must exceed trainer.train.initial_step={initial_step}: it counts "
                         f"from the initial step, e.g. {initial_step} + the number of fine-tuning steps")
     data.get_mixture_or_task(mixture_or_task_name)  # an unknown name fails before any compilation
-    if not any(name.isdigit() for name in os.listdir(model_dir)):  # a fresh run (a resumed one passed these)
-        _check_task(model, mixture_or_task_name, task_feature_lengths, split, use_cached)
-        _check_init_checkpoint(init_checkpoint)
-    write_gin_config(model_dir)
-    tx = optimizer or optim.adafactor(learning_rate=optim.constant_schedule(1e-3))
-    run = _start(model, tx, model_dir, mixture_or_task_name, task_feature_lengths, batch_size, seed, pack, split,
-                 use_cached, shuffle, mesh_config, num_microbatches, checkpoint_period, keep_checkpoints,
-                 init_checkpoint, model.loss_normalizing_factor, initial_step)
-    start_step = int(run.state.step)
-    progress = reporting.Progress(train_steps, start_step)
-    rng = jax.random.PRNGKey(seed + 1)
-    tokens_since_log, last_metrics, eval_results = 0, {}, {}
+    with run_lock.claim(model_dir):  # one training run per MODEL_DIR
+        if not any(name.isdigit() for name in os.listdir(model_dir)):  # a fresh run (a resumed one passed these)
+            _check_task(model, mixture_or_task_name, task_feature_lengths, split, use_cached)
+            _check_init_checkpoint(init_checkpoint)
+        write_gin_config(model_dir)
+        tx = optimizer or optim.adafactor(learning_rate=optim.constant_schedule(1e-3))
+        run = _start(model, tx, model_dir, mixture_or_task_name, task_feature_lengths, batch_size, seed, pack, split,
+                     use_cached, shuffle, mesh_config, num_microbatches, checkpoint_period, keep_checkpoints,
+                     init_checkpoint, model.loss_normalizing_factor, initial_step)
+        start_step = int(run.state.step)
+        progress = reporting.Progress(train_steps, start_step)
+        rng = jax.random.PRNGKey(seed + 1)
+        tokens_since_log, last_metrics, eval_results = 0, {}, {}
 
-    evaluator = None
-    if eval_period:
-        evaluator = evaluation.TaskEvaluator(
-            model, eval_mixture_or_task_name or mixture_or_task_name, task_feature_lengths, split=eval_split,
-            batch_size=eval_batch_size or batch_size, model_dir=model_dir, decode_kwargs=decode_kwargs, seed=seed,
-            use_cached=use_cached)
+        evaluator = None
+        if eval_period:
+            evaluator = evaluation.TaskEvaluator(
+                model, eval_mixture_or_task_name or mixture_or_task_name, task_feature_lengths, split=eval_split,
+                batch_size=eval_batch_size or batch_size, model_dir=model_dir, decode_kwargs=decode_kwargs, seed=seed,
+                use_cached=use_cached)
 
-    preemption = _PreemptionFlag()
-    guard = _NonfiniteGuard(skip_nonfinite_steps, max_skipped_in_a_row, run, model_dir)
-    pending, preempted = None, False  # (step, finite flag), read one step late to keep the device busy
-    try:
-        for step in range(start_step + 1, train_steps + 1):
-            batch = next(run.iterator)
-            tokens_since_log += _tokens(batch)
-            with partitioning.mesh_context(run.mesh, run.rules):
-                run.state, metrics = run.step_fn(run.state, partitioning.shard_batch(batch, run.mesh), rng)
-            finite = metrics.pop("finite")
-            if pending is not None:
-                guard.check(*pending)
-            pending = (step, finite)
-            if step % log_period == 0 or step == train_steps:
-                last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                last_metrics["loss_per_token"] = _per_token_loss(last_metrics)
-                progress.update(step, last_metrics["loss_per_token"], _all_hosts(tokens_since_log))
-                run.metrics_log.write(step, {**last_metrics, "loss": last_metrics["loss_per_token"]})
-                tokens_since_log = 0
-            preempted = preemption.reached(step)
-            if step % checkpoint_period == 0 or step == train_steps or preempted:
-                guard.check(*pending)
-                pending = None
-                run.manager.save(step, run.state, run.iterator.state(), force=True)
-            if preempted:
-                progress.message(f"preempted: saved a checkpoint at step {step} in {model_dir}; "
-                                 "rerun the same command to resume")
-                break
-            if eval_period and (step % eval_period == 0 or step == train_steps):
+        preemption = _PreemptionFlag()
+        guard = _NonfiniteGuard(skip_nonfinite_steps, max_skipped_in_a_row, run, model_dir)
+        pending, preempted = None, False  # (step, finite flag), read one step late to keep the device busy
+        try:
+            for step in range(start_step + 1, train_steps + 1):
+                batch = next(run.iterator)
+                tokens_since_log += _tokens(batch)
                 with partitioning.mesh_context(run.mesh, run.rules):
-                    eval_results = evaluator.evaluate(run.state.params, step=step)
-                progress.message(f"eval at step {step}:\n{evaluation.format_metrics_table(eval_results)}")
-    finally:
-        preemption.uninstall()
-    run.manager.wait_until_finished()
-    run.manager.close()
-    run.metrics_log.close()
-    reporting.plot_loss(model_dir)
-    return {"step": int(run.state.step), "metrics": last_metrics, "eval": eval_results, "state": run.state,
-            "skipped_steps": guard.skipped, "preempted": preempted}
+                    run.state, metrics = run.step_fn(run.state, partitioning.shard_batch(batch, run.mesh), rng)
+                finite = metrics.pop("finite")
+                if pending is not None:
+                    guard.check(*pending)
+                pending = (step, finite)
+                if step % log_period == 0 or step == train_steps:
+                    last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    last_metrics["loss_per_token"] = _per_token_loss(last_metrics)
+                    progress.update(step, last_metrics["loss_per_token"], _all_hosts(tokens_since_log))
+                    run.metrics_log.write(step, {**last_metrics, "loss": last_metrics["loss_per_token"]})
+                    tokens_since_log = 0
+                preempted = preemption.reached(step)
+                if step % checkpoint_period == 0 or step == train_steps or preempted:
+                    guard.check(*pending)
+                    pending = None
+                    run.manager.save(step, run.state, run.iterator.state(), force=True)
+                if preempted:
+                    progress.message(f"preempted: saved a checkpoint at step {step} in {model_dir}; "
+                                     "rerun the same command to resume")
+                    break
+                if eval_period and (step % eval_period == 0 or step == train_steps):
+                    with partitioning.mesh_context(run.mesh, run.rules):
+                        eval_results = evaluator.evaluate(run.state.params, step=step)
+                    progress.message(f"eval at step {step}:\n{evaluation.format_metrics_table(eval_results)}")
+        finally:
+            preemption.uninstall()
+        run.manager.wait_until_finished()
+        run.manager.close()
+        run.metrics_log.close()
+        reporting.plot_loss(model_dir)
+        return {"step": int(run.state.step), "metrics": last_metrics, "eval": eval_results, "state": run.state,
+                "skipped_steps": guard.skipped, "preempted": preempted}
