@@ -80,6 +80,19 @@ def test_claim_rule(tmp_path, owner, age_s, live):
     lock.release()
 
 
+def test_an_empty_claim_blocks_only_while_it_may_still_be_written(tmp_path):
+    from text2text import run_lock
+    from text2text.errors import UserError
+
+    path = tmp_path / run_lock.LOCK_FILE
+    path.write_text("")
+    with pytest.raises(UserError, match="another run is claiming it at the same time"):
+        run_lock.claim(str(tmp_path))
+    os.utime(path, (time.time() - 61,) * 2)  # left empty by a run killed between creating and writing it
+    with run_lock.claim(str(tmp_path)):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
 def test_heartbeat_touches_the_claim(tmp_path, monkeypatch):
     from text2text import run_lock
 

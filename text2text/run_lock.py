@@ -122,17 +122,22 @@ class RunLock:
                 break
             current = _read(self.path)
             try:
-                owner, mtime = json.loads(current), os.path.getmtime(self.path)
-            except (ValueError, OSError):
-                owner, mtime = {}, time.time()  # just removed or being replaced: live until seen otherwise
+                mtime = os.path.getmtime(self.path)
+            except OSError:  # just released: look again
+                continue
+            try:
+                owner = json.loads(current)
+            except ValueError:  # being written, or left empty by a run killed while writing it
+                owner = {}
             if owner and owner_is_alive(owner, mtime):
                 raise UserError(f"MODEL_DIR {os.path.dirname(self.path)} is being trained by another run "
                                 f"({describe(owner)}); wait for it to end or stop it, or use another MODEL_DIR "
                                 f"(a claim left by a dead run on another host expires {STALE_AFTER_S:.0f} s after "
                                 f"its last heartbeat; delete {self.path} to override)")
-            if owner and self._take_over(current):
+            if (owner or time.time() - mtime > _TAKEOVER_STALE_S) and self._take_over(current):
                 logging.info("took over %s from a run that is gone (%s)", self.path, describe(owner))
                 break
+            time.sleep(0.1)
         else:
             raise UserError(f"MODEL_DIR {os.path.dirname(self.path)}: another run is claiming it at the same time; "
                             "run one training command per MODEL_DIR")
