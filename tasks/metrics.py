@@ -1,5 +1,6 @@
 """T5 evaluation metrics: each takes (targets, predictions) lists and returns {name: float}, garbage-tolerant."""
 import collections
+import itertools
 import math
 import re
 import string
@@ -250,19 +251,22 @@ def span_squad(targets: Sequence[dict], predictions: Sequence[str]) -> Dict[str,
 def bleu(targets: Sequence, predictions: Sequence[str], tokenizer: str = "intl") -> Dict[str, float]:
     """Corpus BLEU via sacrebleu with T5's settings (exp smoothing, intl tokenizer, cased, force=False).
 
-    `targets` is one reference string per example, or a list of references per example (same count each).
+    `targets` holds one reference string or a list of references per example; the number of references may
+    vary between examples. sacrebleu takes equally long reference streams, and a `None` in a stream means "no
+    reference here" (its documented way to give a variable number of references), so shorter lists are padded
+    with None. An example with no reference at all gets one empty reference (its n-grams match nothing).
     """
     import sacrebleu
 
     _check_lengths(targets, predictions)
     if len(targets) == 0:
         return {"bleu": 0.0}
-    if isinstance(targets[0], (list, tuple)):
-        references = [[_as_text(ref) for ref in refs] for refs in zip(*targets)]
-    else:
-        references = [[_as_text(t) for t in targets]]
+    per_example = [[_as_text(ref) for ref in t] if isinstance(t, (list, tuple)) else [_as_text(t)]
+                   for t in targets]
+    per_example = [refs or [""] for refs in per_example]
+    streams = [list(stream) for stream in itertools.zip_longest(*per_example, fillvalue=None)]
     score = sacrebleu.corpus_bleu(
-        [_as_text(p) for p in predictions], references, smooth_method="exp", smooth_value=0.0, force=False,
+        [_as_text(p) for p in predictions], streams, smooth_method="exp", smooth_value=0.0, force=False,
         lowercase=False, tokenize=tokenizer, use_effective_order=False)
     return {"bleu": float(score.score)}
 

@@ -1,11 +1,72 @@
-"""Shared T5 text-formatting preprocessors: GLUE-style `name key: value` inputs, STS-B targets, spacing helpers."""
-from typing import Optional, Sequence
+"""Shared T5 text-formatting preprocessors: GLUE-style `name key: value` inputs, STS-B targets, spacing helpers,
+and the validation of indices (labels, word positions) that preprocessors look up in an example."""
+import collections
+import logging
+from typing import Callable, Optional, Sequence, Tuple
 
+import gin
 import seqio
 import tensorflow as tf
 
+from text2text.errors import UserError
+
 UNK_LABEL = "<unk>"
 NO_LABEL = -1
+# Examples left out by `validate` with skip_invalid_examples.skip = True, per check name (e.g. 'wsc').
+SKIPPED_INVALID: collections.Counter = collections.Counter()
+
+
+@gin.configurable
+def skip_invalid_examples(skip: bool = False) -> bool:
+    """Whether examples with an index that does not fit their text are left out (each logged with a running
+    count) rather than stopping with an error; gin: `skip_invalid_examples.skip = True`. Read when a task's
+    dataset is built."""
+    return skip
+
+
+def _python(value) -> object:
+    value = value.numpy()
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value.item()
+
+
+def validate(dataset: tf.data.Dataset, name: str, check: Callable[[dict], Tuple[tf.Tensor, list]],
+             describe: Callable[..., str]) -> tf.data.Dataset:
+    """`dataset` with its valid examples unchanged; the first invalid one raises a UserError (inside tf.data:
+    TensorFlow wraps it, `text2text.errors.embedded_user_error` recovers its line), or with
+    `skip_invalid_examples()` each invalid one is left out with a warning and counted in SKIPPED_INVALID[name].
+
+    `check(x)` gives a scalar tf.bool (valid?) and a list of scalar tensors; `describe(*values)` turns their
+    Python values (str for strings) into the problem, e.g. "idx 3: span2_index 3 points at 'if', not 'he'".
+    Only invalid examples reach Python (tf.py_function), so valid ones cost one tf.cond each.
+    """
+    skip = skip_invalid_examples()
+
+    def report(*values):
+        problem = f"{name} example {describe(*map(_python, values))}"
+        if not skip:
+            raise UserError(f"{problem}. Fix the data, or bind skip_invalid_examples.skip = True to leave such "
+                            "examples out")
+        SKIPPED_INVALID[name] += 1
+        logging.warning("%s; skipped it (%d %s example(s) skipped so far)", problem, SKIPPED_INVALID[name], name)
+        return False
+
+    def keep(x):
+        ok, values = check(x)
+        return tf.cond(ok, lambda: tf.constant(True),
+                       lambda: tf.reshape(tf.py_function(report, values, tf.bool), []))
+
+    return dataset.filter(keep)
+
+
+def idx_text(x) -> tf.Tensor:
+    """An example's `idx` as text: '3', or 'answer=1,paragraph=0,question=5' for a dict of ids (MultiRC); '?'
+    if it has none."""
+    idx = x.get("idx")
+    if idx is None:
+        return tf.constant("?")
+    if isinstance(idx, dict):
+        return tf.strings.join([f"{key}=" + tf.strings.as_string(idx[key]) for key in sorted(idx)], separator=",")
+    return tf.strings.as_string(idx)
 
 
 def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
@@ -55,13 +116,28 @@ def key_value_text(prefix: str, x, keys: Sequence[str]) -> tf.Tensor:
     return tf.strings.join(parts, separator=" ")
 
 
-@seqio.map_over_dataset
-def glue(x, benchmark_name: str, label_names: Sequence[str], feature_names: Optional[Sequence[str]] = None,
-         id_key: Optional[str] = "idx"):
+def glue(dataset: tf.data.Dataset, benchmark_name: str, label_names: Sequence[str],
+         feature_names: Optional[Sequence[str]] = None, id_key: Optional[str] = "idx") -> tf.data.Dataset:
     """T5's GLUE/SuperGLUE format: inputs `benchmark k1: v1 k2: v2` (keys sorted unless given), targets = label name.
 
     MultiRC additionally drops its HTML markup and keeps idx/paragraph, idx/question, idx/answer for grouping.
+    A label that is neither -1 (no label) nor a class index is an invalid example (see `validate`).
     """
+    def check(x):
+        label = tf.cast(x["label"], tf.int64)
+        ok = tf.equal(label, NO_LABEL) | ((label >= 0) & (label < len(label_names)))
+        return ok, [idx_text(x), label]
+
+    def describe(idx, label):
+        return f"idx {idx}: label {label} is neither -1 (no label) nor a class index 0..{len(label_names) - 1}"
+
+    dataset = validate(dataset, benchmark_name, check, describe)
+    return dataset.map(lambda x: _glue_example(x, benchmark_name, label_names, feature_names, id_key),
+                       num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _glue_example(x, benchmark_name: str, label_names: Sequence[str], feature_names: Optional[Sequence[str]],
+                  id_key: Optional[str]):
     keys = list(feature_names) if feature_names else sorted(set(x.keys()) - {"label", "idx"})
     inputs = key_value_text(benchmark_name, x, keys)
     out = {}

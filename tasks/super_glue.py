@@ -93,13 +93,33 @@ def wsc_blanked_text(x) -> tf.Tensor:
     return blanked
 
 
+def _wsc_check(x) -> Tuple[tf.Tensor, list]:
+    """Valid if the space-split word at span2_index is span2_text (as T5 asserts), or the text is blanked by hand."""
+    words = tf.strings.split(x["text"], sep=" ")
+    count = tf.size(words, out_type=tf.int64)
+    index = tf.cast(x["span2_index"], tf.int64)
+    inside = (index >= 0) & (index < count)
+    word = tf.gather(tf.concat([words, [""]], axis=0), tf.where(inside, index, count))
+    by_hand = tf.reduce_any(tf.equal(x["text"], list(_WSC_BLANKED_BY_HAND)))
+    ok = by_hand | (inside & tf.equal(word, x["span2_text"]))
+    return ok, [preprocessors.idx_text(x), index, count, word, x["span2_text"]]
+
+
+def _wsc_problem(idx, index, count, word, span2_text) -> str:
+    if not 0 <= index < count:
+        return f"idx {idx}: span2_index {index} is outside the text's {count} words (0..{count - 1})"
+    return f"idx {idx}: span2_index {index} points at {word!r}, not at span2_text {span2_text!r}"
+
+
 def wsc_simple(dataset: tf.data.Dataset, label: str = "wsc:", correct_referent_only: bool = False) -> tf.data.Dataset:
     """WSC as referent generation: `wsc: ... *pronoun* ...` -> the candidate span1 text (label/idx kept for eval).
 
-    With correct_referent_only (training) only examples whose candidate is the true referent are kept.
+    With correct_referent_only (training) only examples whose candidate is the true referent are kept. An
+    example whose span2_index does not point at span2_text is invalid (`preprocessors.validate`).
     """
     if correct_referent_only:
         dataset = dataset.filter(lambda x: tf.cast(x["label"], tf.bool))
+    dataset = preprocessors.validate(dataset, "wsc", _wsc_check, _wsc_problem)
 
     def fn(x):
         marked = tf.strings.regex_replace(wsc_blanked_text(x), " X ", " *" + x["span2_text"] + "* ")
@@ -113,15 +133,38 @@ def wsc_simple(dataset: tf.data.Dataset, label: str = "wsc:", correct_referent_o
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-@seqio.map_over_dataset
-def dpr_simple(x, label: str = "wsc:"):
-    """Definite Pronoun Resolution: `wsc: ... *pronoun* ...` (first occurrence) -> the correct candidate."""
-    marked = tf.strings.regex_replace(
+def _dpr_marked(x) -> tf.Tensor:
+    """The sentence with the first ' pronoun' followed by a space, '.' or ',' starred."""
+    return tf.strings.regex_replace(
         x["sentence"], tf.strings.join([" (", x["pronoun"], r")( |\.|,)"]), r" *\1*\2", replace_global=False)
-    return {
-        "inputs": tf.strings.join([label, marked], separator=" "),
-        "targets": tf.gather(x["candidates"], x["label"]),
-    }
+
+
+def _dpr_check(x) -> Tuple[tf.Tensor, list]:
+    """Valid if the pronoun occurs as a word (so it gets starred) and the label indexes a candidate."""
+    label = tf.cast(x["label"], tf.int64)
+    candidates = tf.size(x["candidates"], out_type=tf.int64)
+    found = tf.not_equal(_dpr_marked(x), x["sentence"])
+    return found & (label >= 0) & (label < candidates), [x["sentence"], x["pronoun"], label, candidates, found]
+
+
+def _dpr_problem(sentence, pronoun, label, candidates, found) -> str:
+    if not found:
+        return f"{sentence!r}: pronoun {pronoun!r} does not occur as a word (followed by a space, '.' or ',')"
+    return f"{sentence!r}: label {label} is not a candidate index 0..{candidates - 1}"
+
+
+def dpr_simple(dataset: tf.data.Dataset, label: str = "wsc:") -> tf.data.Dataset:
+    """Definite Pronoun Resolution: `wsc: ... *pronoun* ...` (first occurrence) -> the correct candidate.
+
+    DPR examples have no idx, so an invalid one (`preprocessors.validate`) is named by its sentence."""
+    def fn(x):
+        return {
+            "inputs": tf.strings.join([label, _dpr_marked(x)], separator=" "),
+            "targets": tf.gather(x["candidates"], x["label"]),
+        }
+
+    dataset = preprocessors.validate(dataset, "dpr", _dpr_check, _dpr_problem)
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def text_preprocessors(config: str) -> List[Callable]:

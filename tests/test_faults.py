@@ -57,11 +57,12 @@ def _env() -> dict:
 
 
 class Child:
-    """A training subprocess whose stderr is read line by line in a thread (progress lines 'step N/30 ...')."""
+    """A training subprocess whose stderr is read line by line in a thread (progress lines 'step N/30 ...'):
+    this file as a script, or the given `command`."""
 
-    def __init__(self, model_dir, cache_dir):
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(model_dir), str(cache_dir)],
-                                     cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    def __init__(self, model_dir, cache_dir, command=None):
+        command = command or [sys.executable, os.path.abspath(__file__), str(model_dir), str(cache_dir)]
+        self.proc = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         self.lines: list[str] = []
         self.steps: list[int] = []

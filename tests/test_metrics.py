@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import sacrebleu
+from sacrebleu.metrics.bleu import BLEU
 
 from tasks import metrics, postprocessors
 
@@ -120,3 +121,37 @@ def test_wsc_simple_postprocessor():
     assert postprocessors.wsc_simple("the cat", example=example) == 0
     assert postprocessors.wsc_simple("the", example=example) == -1
     assert postprocessors.wsc_simple("bunny's", example=example) == 0
+
+
+def _bleu_from_segment_statistics(targets, predictions):
+    """BLEU from n-gram statistics summed by hand over segments, each scored alone against exactly its refs."""
+    totals = {"correct": [0] * 4, "total": [0] * 4, "sys_len": 0, "ref_len": 0}
+    for refs, prediction in zip(targets, predictions):
+        segment = sacrebleu.corpus_bleu([prediction], [[ref] for ref in refs], tokenize="intl")
+        totals["correct"] = [a + b for a, b in zip(totals["correct"], segment.counts)]
+        totals["total"] = [a + b for a, b in zip(totals["total"], segment.totals)]
+        totals["sys_len"] += segment.sys_len
+        totals["ref_len"] += segment.ref_len
+    return BLEU.compute_bleu(**totals, smooth_method="exp").score
+
+
+@pytest.mark.parametrize("targets, predictions", [
+    # the smallest case: the first example's second reference is the exact prediction
+    ([["the cat sat on the mat", "a cat was sitting on the mat"], ["the dog ran in the park"]],
+     ["a cat was sitting on the mat", "the dog ran in the park"]),
+    # one, three and two references; the longest list is not the first
+    ([["It is raining today in Paris."], ["The cat sat on the mat.", "A cat is on a mat.", "On the mat sat a cat."],
+      ["He reads a book.", "He is reading the book now."]],
+     ["It rains in Paris today.", "A cat sat on a mat.", "He is reading a book now."]),
+])
+def test_bleu_with_a_varying_number_of_references(targets, predictions):
+    expected = _bleu_from_segment_statistics(targets, predictions)
+    assert metrics.bleu(targets, predictions)["bleu"] == pytest.approx(expected)
+    assert metrics.bleu([list(reversed(t)) for t in targets], predictions)["bleu"] == pytest.approx(expected)
+
+
+def test_bleu_issue_case_scores_100_and_missing_references_score_zero():
+    targets = [["the cat sat on the mat", "a cat was sitting on the mat"], ["the dog ran in the park"]]
+    predictions = ["a cat was sitting on the mat", "the dog ran in the park"]
+    assert metrics.bleu(targets, predictions)["bleu"] == pytest.approx(100.0)
+    assert metrics.bleu([[], []], predictions)["bleu"] == 0.0

@@ -89,3 +89,54 @@ def test_gin_configures_optimizer_and_schedule():
         assert optim.adafactor().init(_params())[0].v['encoder']['small'].shape == (1,)
     finally:
         gin.clear_config()
+
+
+def _adafactor_updates(tx, params, grads, steps, state=None):
+    state = tx.init(params) if state is None else state
+    out = []
+    for _ in range(steps):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        out.append(params)
+    return out
+
+
+def test_adafactor_decay_offset_is_finite_from_a_fresh_state():
+    """The issue's case: decay_offset=1, params ones(3), grads ones(3), fresh state (optax alone gives NaN)."""
+    params, grads = jnp.ones(3), jnp.ones(3)
+    first = _adafactor_updates(optim.adafactor(decay_offset=1), params, grads, 1)[0]
+    assert np.isfinite(first).all()
+    np.testing.assert_allclose(first, _adafactor_updates(optim.adafactor(), params, grads, 1)[0])
+    # a factored matrix and an offset larger than the run so far: every update is finite
+    big = {'w': jnp.full((256, 130), 0.5)}
+    tx = optim.adafactor(learning_rate=0.01, decay_offset=50)
+    steps = _adafactor_updates(tx, big, {'w': jnp.ones((256, 130))}, 5)
+    assert all(np.isfinite(p['w']).all() for p in steps)
+
+
+@pytest.mark.parametrize('params', [jnp.ones(3), {'w': jnp.linspace(0.1, 1.0, 256 * 130).reshape(256, 130)}])
+def test_adafactor_decay_offset_restarts_the_decay_of_a_continued_count(params):
+    """T5X fine-tuning: the pre-trained count continues (1000) and decay_offset=1000 makes the second-moment decay
+    start over, so the updates equal a fresh optimizer's."""
+    grads = jax.tree.map(lambda p: jnp.cos(p * 7.0), params)
+    tx = optim.adafactor(learning_rate=optim.constant_schedule(0.01), decay_offset=1000)
+    continued = _adafactor_updates(tx, params, grads, 3, optim.with_update_count(tx.init(params), 1000))
+    fresh = _adafactor_updates(optim.adafactor(learning_rate=optim.constant_schedule(0.01)), params, grads, 3)
+    for a, b in zip(jax.tree.leaves(continued), jax.tree.leaves(fresh)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    leaves = jax.tree_util.tree_flatten_with_path(optim.with_update_count(tx.init(params), 7))[0]
+    counts = [leaf for path, leaf in leaves if getattr(path[-1], 'name', None) == 'count']
+    assert [int(c) for c in counts] == [7, 7]  # Adafactor's own count and the learning-rate schedule's
+
+
+def test_adafactor_is_optax_adafactor_with_the_same_state_tree():
+    params = _params()
+    ours = optim.adafactor(learning_rate=0.1, momentum=0.9)
+    reference = optax.adafactor(learning_rate=0.1, momentum=0.9, min_dim_size_to_factor=128, decay_rate=0.8, eps=1e-30)
+    assert jax.tree.structure(ours.init(params)) == jax.tree.structure(reference.init(params))
+    grads = jax.tree.map(lambda p: p * 0.3, params)
+    for a, b in zip(jax.tree.leaves(_adafactor_updates(ours, params, grads, 2)),
+                    jax.tree.leaves(_adafactor_updates(reference, params, grads, 2))):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises(UserError, match='decay_offset must be >= 0'):
+        optim.adafactor(decay_offset=-1)

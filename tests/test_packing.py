@@ -1,10 +1,12 @@
 """Dense first-fit-decreasing packing: nothing lost or changed, denser than seqio's packer, valid model features."""
+import collections
+
 import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
 
-from text2text import packing
+from text2text import data, packing
 
 LENGTHS = {'inputs': 32, 'targets': 8}
 
@@ -84,3 +86,72 @@ def test_converter_gives_segment_aware_decoder_inputs(pack):
             targets = row['decoder_target_tokens'][where]
             np.testing.assert_array_equal(row['decoder_input_tokens'][where], np.concatenate([[0], targets[:-1]]))
         np.testing.assert_array_equal(row['decoder_loss_weights'], (row['decoder_target_tokens'] > 0).astype(int))
+
+
+def _segment_multiset(rows) -> collections.Counter:
+    """Packed rows -> Counter of segments, each the (inputs tokens, targets tokens) of one packed example."""
+    counts = collections.Counter()
+    for row in rows:
+        per_segment = collections.defaultdict(dict)
+        for key in LENGTHS:
+            for segment, tokens in _segments(row, key).items():
+                per_segment[segment][key] = tuple(tokens.tolist())
+        counts.update(tuple(parts.get(key, ()) for key in LENGTHS) for parts in per_segment.values())
+    return counts
+
+
+def _random_dataset(kind: str, rng: np.random.Generator) -> tf.data.Dataset:
+    """A dataset of one kind: static-shaped (2-D arrays), ragged, empty, one example, or all over-long."""
+    count = {'empty': 0, 'single': 1}.get(kind, int(rng.integers(2, 60)))
+    if kind == 'static':
+        arrays = {key: rng.integers(2, 100, (count, int(rng.integers(1, 2 * length)))).astype(np.int32)
+                  for key, length in LENGTHS.items()}
+        return tf.data.Dataset.from_tensor_slices(arrays)
+    low = {key: length + 1 if kind == 'overlong' else 1 for key, length in LENGTHS.items()}
+    examples = [{key: rng.integers(2, 100, rng.integers(low[key], 2 * length + 2)).astype(np.int32)
+                 for key, length in LENGTHS.items()} for _ in range(count)]
+    return _dataset(examples)
+
+
+@pytest.mark.parametrize('kind', ['static', 'ragged', 'empty', 'single', 'overlong'])
+def test_dense_packer_packs_the_same_segments_as_seqio(kind):
+    """Property: on random datasets of each kind (every feature non-empty, as after EOS), the multiset of packed
+    segments equals seqio's packer's; windows smaller and larger than the dataset."""
+    rng = np.random.default_rng(['static', 'ragged', 'empty', 'single', 'overlong'].index(kind))
+    for window in (int(rng.integers(1, 8)), packing.DEFAULT_WINDOW):
+        dataset = _random_dataset(kind, rng)
+        expected = _segment_multiset(seqio.utils.trim_and_pack_dataset(dataset, LENGTHS).as_numpy_iterator())
+        rows = list(packing.pack_dataset(dataset, LENGTHS, window=window).as_numpy_iterator())
+        assert all(row[key].shape == (length,) for row in rows for key, length in LENGTHS.items())
+        assert _segment_multiset(rows) == expected, (kind, window)
+
+
+def test_dense_packer_keeps_examples_with_an_empty_feature_apart():
+    """seqio's packer merges such an example into its neighbour's segment; ours keeps each example whole."""
+    examples = [{'inputs': np.array([], np.int32), 'targets': np.array([5, 6], np.int32)},
+                {'inputs': np.array([3], np.int32), 'targets': np.array([], np.int32)}]
+    rows = list(packing.pack_dataset(_dataset(examples), LENGTHS).as_numpy_iterator())
+    assert _segment_multiset(rows) == collections.Counter({((), (5, 6)): 1, ((3,), ()): 1})
+
+
+@pytest.mark.parametrize('width, lengths', [(6, {'inputs': 16, 'targets': 8}),  # the issue's case: all fit
+                                            (12, {'inputs': 8, 'targets': 4})])  # all trimmed to one length
+def test_get_dataset_packs_a_task_of_fixed_length_examples(width, lengths):
+    """A FunctionDataSource of a 2-D int array (every example one static length) + append_eos_after_trim."""
+    vocabulary = seqio.PassThroughVocabulary(size=100, eos_id=1)
+    array = (np.arange(10 * width).reshape(10, width) % 90 + 2).astype(np.int32)
+    name = f'fixed_length_{width}'
+    seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name, source=seqio.FunctionDataSource(
+            lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+                {'inputs': array, 'targets': array[:, :3]}), splits=['train']),
+        preprocessors=[seqio.preprocessors.append_eos_after_trim],
+        output_features={key: seqio.Feature(vocabulary) for key in ('inputs', 'targets')})
+    batches = list(data.get_dataset(name, lengths, 'train', 2, shuffle=False, seed=0, pack=True,
+                                    num_epochs=1).as_numpy_iterator())
+    tokens = np.concatenate([b['encoder_input_tokens'].ravel() for b in batches])
+    expected = np.concatenate([np.append(row[:lengths['inputs'] - 1], 1) for row in array])
+    np.testing.assert_array_equal(tokens[tokens > 0], expected)
+    per_row = lengths['inputs'] // min(width + 1, lengths['inputs'])  # 2 examples of 7 tokens in 16; 1 of 8 in 8
+    assert sum(int((b['encoder_segment_ids'] > 0).any(axis=1).sum()) for b in batches) == 10 // per_row

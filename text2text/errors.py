@@ -24,9 +24,17 @@ def user_error_tags() -> Tuple[str, str]:
 
 
 def embedded_user_error(exc: BaseException) -> Optional[UserError]:
-    """The UserError whose one-line message `exc`'s text carries between `user_error_tags()`, or None."""
-    match = _EMBEDDED.search(str(exc))
-    if not match:
-        return None
-    # Assert writes strings C-escaped (quotes, backslashes, control characters); UTF-8 text stays as it is.
-    return UserError(codecs.escape_decode(match.group(1).encode("utf-8"))[0].decode("utf-8", "replace"))
+    """The UserError that a TensorFlow error carries out of tf.data, or None: a message between
+    `user_error_tags()` (tf.debugging.Assert), or a UserError raised inside a tf.py_function (e.g.
+    `tasks.preprocessors.validate`), whose message TensorFlow quotes in its traceback text.
+    """
+    text = str(exc)
+    match = _EMBEDDED.search(text)
+    if match:
+        # Assert writes strings C-escaped (quotes, backslashes, control characters); UTF-8 text stays as it is.
+        return UserError(codecs.escape_decode(match.group(1).encode("utf-8"))[0].decode("utf-8", "replace"))
+    if any(cls.__name__ == "OpError" for cls in type(exc).__mro__):
+        match = re.search(r"\bUserError: ([^\n]+)", text)
+        if match:
+            return UserError(match.group(1))
+    return None

@@ -44,6 +44,9 @@ def _place(lengths: tf.Tensor, capacity: tf.Tensor) -> tuple[tf.Tensor, tf.Tenso
 def _pack_window(window: Mapping[str, tf.RaggedTensor], feature_lengths: Mapping[str, int]) -> dict[str, tf.Tensor]:
     """Packs a window of ragged examples into rows of `feature_lengths` with segment ids and positions."""
     keys = list(feature_lengths)
+    # ragged_batch gives a dense tensor for a feature whose examples all have one static length
+    window = {key: value if isinstance(value, tf.RaggedTensor) else tf.RaggedTensor.from_tensor(value)
+              for key, value in window.items() if key in feature_lengths}
     lengths = tf.stack([tf.cast(window[key].row_lengths(), tf.int32) for key in keys], axis=1)
     rows, offsets, segment_ids, num_rows = _place(lengths, tf.constant([feature_lengths[k] for k in keys]))
     packed = {}

@@ -16,7 +16,7 @@ import optax
 import seqio
 from jax.experimental import multihost_utils
 
-from text2text import checkpoints, data, evaluation, optim, partitioning, pretrained, reporting
+from text2text import checkpoints, data, evaluation, optim, partitioning, pretrained, reporting, run_lock
 from text2text.errors import UserError
 from text2text.models import EncoderDecoderModel
 from text2text.train_state import TrainState, make_train_step
@@ -91,7 +91,7 @@ def init_train_state(model: EncoderDecoderModel, tx: optax.GradientTransformatio
 
 def _start(model, tx, model_dir, mixture_or_task_name, task_feature_lengths, batch_size, seed, pack, split,
            use_cached, shuffle, mesh_config, num_microbatches, checkpoint_period, keep_checkpoints,
-           init_checkpoint, loss_normalizing_factor) -> Run:
+           init_checkpoint, loss_normalizing_factor, initial_step) -> Run:
     mesh = partitioning.create_mesh(mesh_config.data, mesh_config.model)
     rules = partitioning.logical_axis_rules(mesh_config.mode)
     data_parallel = mesh.shape[partitioning.DATA_AXIS]
@@ -109,10 +109,14 @@ def _start(model, tx, model_dir, mixture_or_task_name, task_feature_lengths, bat
         latest, state, data_state = restored
         iterator.restore(data_state)
         logging.getLogger(__name__).info("resumed from %s at step %d", model_dir, latest)
-    elif init_checkpoint:
-        params = pretrained.load_params(init_checkpoint, model.config, state.params)
-        state = state.replace(params=params)
-        logging.getLogger(__name__).info("initialised params from %s", init_checkpoint)
+    else:
+        if init_checkpoint:
+            params = pretrained.load_params(init_checkpoint, model.config, state.params)
+            state = state.replace(params=params)
+            logging.getLogger(__name__).info("initialised params from %s", init_checkpoint)
+        if initial_step:  # continue a pre-trained step count (T5X fine-tuning)
+            state = state.replace(step=jax.device_put(jnp.asarray(initial_step, state.step.dtype), state.step.sharding),
+                                  opt_state=optim.with_update_count(state.opt_state, initial_step))
     step = _skip_nonfinite(make_train_step(model.loss_fn, tx, num_microbatches, loss_normalizing_factor))
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     with partitioning.mesh_context(mesh, rules):
@@ -208,19 +212,42 @@ class _PreemptionFlag:
             self._installed = False
 
 
-def _check_finite(step: int, finite: Any, skip: bool, run: Run, model_dir: str) -> bool:
-    """True if `step` was finite; a skipped step logs a warning, otherwise UserError (after pending saves)."""
-    if bool(finite):
-        return True
-    if skip:
-        logging.warning("step %d: non-finite loss, gradient or update; skipped it (params unchanged)", step)
-        return False
-    run.manager.wait_until_finished()
-    last = run.manager.latest_step()
-    kept = "no checkpoint was saved" if last is None else f"the last checkpoint (step {last}) in {model_dir} is intact"
-    raise UserError(f"non-finite loss, gradient or update at step {step}; stopped without saving it and {kept}. "
-                    "Lower the learning rate or check the data, or set trainer.train.skip_nonfinite_steps = True "
-                    "to skip such steps")
+_FIRST_STEP_CAUSES = ("the learning rate (its schedule's value at this step), adafactor.decay_offset, "
+                      "adafactor.epsilon1 or clipping_threshold, the loss settings (z_loss, label_smoothing) or the "
+                      "params of INITIAL_CHECKPOINT_PATH")
+
+
+class _NonfiniteGuard:
+    """What a non-finite step does: stops the run with a UserError (after pending saves), or with `skip` is
+    skipped with a warning, up to `limit` steps in a row (one more stops the run). While no step of this run has
+    been finite the error names the settings that break a first step; later ones point at the learning rate and
+    the data."""
+
+    def __init__(self, skip: bool, limit: int, run: Run, model_dir: str):
+        self.skip, self.limit, self.run, self.model_dir = skip, limit, run, model_dir
+        self.skipped, self.in_a_row, self.any_finite = 0, 0, False
+
+    def check(self, step: int, finite: Any) -> None:
+        if bool(finite):
+            self.in_a_row, self.any_finite = 0, True
+            return
+        self.in_a_row += 1
+        if self.skip and self.in_a_row <= self.limit:
+            self.skipped += 1
+            logging.warning("step %d: non-finite loss, gradient or update; skipped it (params unchanged)", step)
+            return
+        self.run.manager.wait_until_finished()
+        last = self.run.manager.latest_step()
+        kept = ("no checkpoint was saved" if last is None
+                else f"the last checkpoint (step {last}) in {self.model_dir} is intact")
+        what = (f"{self.in_a_row} steps in a row (the last: step {step}) had a non-finite loss, gradient or update"
+                if self.skip else f"non-finite loss, gradient or update at step {step}")
+        if not self.any_finite:
+            hint = f"no step of this run was finite, so a setting is the likely cause: {_FIRST_STEP_CAUSES}"
+        else:
+            hint = "Lower the learning rate or check the data"
+        fix = ("" if self.skip else ", or set trainer.train.skip_nonfinite_steps = True to skip such steps")
+        raise UserError(f"{what}; stopped without saving it and {kept}. {hint}{fix}")
 
 
 def _tokens(batch: Mapping[str, np.ndarray]) -> int:
@@ -264,77 +291,89 @@ def train(
     eval_batch_size: int | None = None,
     decode_kwargs: Mapping[str, Any] | None = None,
     init_checkpoint: str | None = None,
+    initial_step: int = 0,
     skip_nonfinite_steps: bool = False,
+    max_skipped_in_a_row: int = 20,
 ) -> dict[str, Any]:
     """Trains `model` on a seqio task or mixture; resumes from MODEL_DIR's latest intact checkpoint if any.
 
     A step with a non-finite loss, gradient or update is never applied: training stops with a UserError
-    naming it, or skips it with a warning when `skip_nonfinite_steps`. SIGTERM (preemption) saves a
-    checkpoint at the current step and returns normally. `shuffle=False` reads the examples in order (each
+    naming it, or skips it with a warning when `skip_nonfinite_steps` (at most `max_skipped_in_a_row` in a
+    row; one more stops the run). `initial_step` starts a fresh run's step counter and optimizer update counts
+    there, e.g. at the step of the pre-trained INITIAL_CHECKPOINT_PATH as T5X fine-tuning does (TRAIN_STEPS
+    then counts on from it; pair with `adafactor.decay_offset = initial_step`). SIGTERM (preemption) saves a
+    checkpoint at the current step and returns normally. A second run on the same MODEL_DIR stops at the start
+    with a UserError naming the first (`run_lock`). `shuffle=False` reads the examples in order (each
     host its `jax.process_index()`-th shard of them), e.g. to compare runs exactly. Returns the final step, the
     last train metrics, the last eval results, the number of skipped steps and whether the run was preempted.
     """
     partitioning.maybe_initialize_distributed()
     _validate(train_steps, batch_size, num_microbatches, model_dir, task_feature_lengths,
               {"checkpoint_period": (checkpoint_period, 1), "log_period": (log_period, 1),
-               "eval_period": (eval_period, 0)})
+               "eval_period": (eval_period, 0), "initial_step": (initial_step, 0),
+               "max_skipped_in_a_row": (max_skipped_in_a_row, 0)})
+    if initial_step >= train_steps:
+        raise UserError(f"TRAIN_STEPS={train_steps} must exceed trainer.train.initial_step={initial_step}: it counts "
+                        f"from the initial step, e.g. {initial_step} + the number of fine-tuning steps")
     data.get_mixture_or_task(mixture_or_task_name)  # an unknown name fails before any compilation
-    if not any(name.isdigit() for name in os.listdir(model_dir)):  # a fresh run (a resumed one passed these)
-        _check_task(model, mixture_or_task_name, task_feature_lengths, split, use_cached)
-        _check_init_checkpoint(init_checkpoint)
-    write_gin_config(model_dir)
-    tx = optimizer or optim.adafactor(learning_rate=optim.constant_schedule(1e-3))
-    run = _start(model, tx, model_dir, mixture_or_task_name, task_feature_lengths, batch_size, seed, pack, split,
-                 use_cached, shuffle, mesh_config, num_microbatches, checkpoint_period, keep_checkpoints,
-                 init_checkpoint, model.loss_normalizing_factor)
-    start_step = int(run.state.step)
-    progress = reporting.Progress(train_steps, start_step)
-    rng = jax.random.PRNGKey(seed + 1)
-    tokens_since_log, last_metrics, eval_results = 0, {}, {}
+    with run_lock.claim(model_dir):  # one training run per MODEL_DIR
+        if not any(name.isdigit() for name in os.listdir(model_dir)):  # a fresh run (a resumed one passed these)
+            _check_task(model, mixture_or_task_name, task_feature_lengths, split, use_cached)
+            _check_init_checkpoint(init_checkpoint)
+        write_gin_config(model_dir)
+        tx = optimizer or optim.adafactor(learning_rate=optim.constant_schedule(1e-3))
+        run = _start(model, tx, model_dir, mixture_or_task_name, task_feature_lengths, batch_size, seed, pack, split,
+                     use_cached, shuffle, mesh_config, num_microbatches, checkpoint_period, keep_checkpoints,
+                     init_checkpoint, model.loss_normalizing_factor, initial_step)
+        start_step = int(run.state.step)
+        progress = reporting.Progress(train_steps, start_step)
+        rng = jax.random.PRNGKey(seed + 1)
+        tokens_since_log, last_metrics, eval_results = 0, {}, {}
 
-    evaluator = None
-    if eval_period:
-        evaluator = evaluation.TaskEvaluator(
-            model, eval_mixture_or_task_name or mixture_or_task_name, task_feature_lengths, split=eval_split,
-            batch_size=eval_batch_size or batch_size, model_dir=model_dir, decode_kwargs=decode_kwargs, seed=seed,
-            use_cached=use_cached)
+        evaluator = None
+        if eval_period:
+            evaluator = evaluation.TaskEvaluator(
+                model, eval_mixture_or_task_name or mixture_or_task_name, task_feature_lengths, split=eval_split,
+                batch_size=eval_batch_size or batch_size, model_dir=model_dir, decode_kwargs=decode_kwargs, seed=seed,
+                use_cached=use_cached)
 
-    preemption = _PreemptionFlag()
-    pending, skipped, preempted = None, 0, False  # (step, finite flag), read one step late to keep the device busy
-    try:
-        for step in range(start_step + 1, train_steps + 1):
-            batch = next(run.iterator)
-            tokens_since_log += _tokens(batch)
-            with partitioning.mesh_context(run.mesh, run.rules):
-                run.state, metrics = run.step_fn(run.state, partitioning.shard_batch(batch, run.mesh), rng)
-            finite = metrics.pop("finite")
-            if pending is not None:
-                skipped += not _check_finite(*pending, skip_nonfinite_steps, run, model_dir)
-            pending = (step, finite)
-            if step % log_period == 0 or step == train_steps:
-                last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                last_metrics["loss_per_token"] = _per_token_loss(last_metrics)
-                progress.update(step, last_metrics["loss_per_token"], _all_hosts(tokens_since_log))
-                run.metrics_log.write(step, {**last_metrics, "loss": last_metrics["loss_per_token"]})
-                tokens_since_log = 0
-            preempted = preemption.reached(step)
-            if step % checkpoint_period == 0 or step == train_steps or preempted:
-                skipped += not _check_finite(*pending, skip_nonfinite_steps, run, model_dir)
-                pending = None
-                run.manager.save(step, run.state, run.iterator.state(), force=True)
-            if preempted:
-                progress.message(f"preempted: saved a checkpoint at step {step} in {model_dir}; "
-                                 "rerun the same command to resume")
-                break
-            if eval_period and (step % eval_period == 0 or step == train_steps):
+        preemption = _PreemptionFlag()
+        guard = _NonfiniteGuard(skip_nonfinite_steps, max_skipped_in_a_row, run, model_dir)
+        pending, preempted = None, False  # (step, finite flag), read one step late to keep the device busy
+        try:
+            for step in range(start_step + 1, train_steps + 1):
+                batch = next(run.iterator)
+                tokens_since_log += _tokens(batch)
                 with partitioning.mesh_context(run.mesh, run.rules):
-                    eval_results = evaluator.evaluate(run.state.params, step=step)
-                progress.message(f"eval at step {step}:\n{evaluation.format_metrics_table(eval_results)}")
-    finally:
-        preemption.uninstall()
-    run.manager.wait_until_finished()
-    run.manager.close()
-    run.metrics_log.close()
-    reporting.plot_loss(model_dir)
-    return {"step": int(run.state.step), "metrics": last_metrics, "eval": eval_results, "state": run.state,
-            "skipped_steps": skipped, "preempted": preempted}
+                    run.state, metrics = run.step_fn(run.state, partitioning.shard_batch(batch, run.mesh), rng)
+                finite = metrics.pop("finite")
+                if pending is not None:
+                    guard.check(*pending)
+                pending = (step, finite)
+                if step % log_period == 0 or step == train_steps:
+                    last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    last_metrics["loss_per_token"] = _per_token_loss(last_metrics)
+                    progress.update(step, last_metrics["loss_per_token"], _all_hosts(tokens_since_log))
+                    run.metrics_log.write(step, {**last_metrics, "loss": last_metrics["loss_per_token"]})
+                    tokens_since_log = 0
+                preempted = preemption.reached(step)
+                if step % checkpoint_period == 0 or step == train_steps or preempted:
+                    guard.check(*pending)
+                    pending = None
+                    run.manager.save(step, run.state, run.iterator.state(), force=True)
+                if preempted:
+                    progress.message(f"preempted: saved a checkpoint at step {step} in {model_dir}; "
+                                     "rerun the same command to resume")
+                    break
+                if eval_period and (step % eval_period == 0 or step == train_steps):
+                    with partitioning.mesh_context(run.mesh, run.rules):
+                        eval_results = evaluator.evaluate(run.state.params, step=step)
+                    progress.message(f"eval at step {step}:\n{evaluation.format_metrics_table(eval_results)}")
+        finally:
+            preemption.uninstall()
+        run.manager.wait_until_finished()
+        run.manager.close()
+        run.metrics_log.close()
+        reporting.plot_loss(model_dir)
+        return {"step": int(run.state.step), "metrics": last_metrics, "eval": eval_results, "state": run.state,
+                "skipped_steps": guard.skipped, "preempted": preempted}
