@@ -171,10 +171,12 @@ def builder_key(builder) -> str:
 
 
 @contextlib.contextmanager
-def mock_rows(random_rows: bool = True, texts: Optional[Sequence[str]] = None) -> Iterator[None]:
+def mock_rows(random_rows: bool = True, texts: Optional[Sequence[str]] = None,
+              well_formed_only: bool = False) -> Iterator[None]:
     """tfds.testing.mock_data: MOCK_EXAMPLES random rows per split (if `random_rows`), then the edge_rows,
 
-    or with `texts` one row per text (every text field that text) instead of the edge rows.
+    or with `texts` one row per text (every text field that text) instead of the edge rows, or with
+    `well_formed_only` only the builder's WELL_FORMED_ROWS.
     """
     import tensorflow as tf
     import tensorflow_datasets as tfds
@@ -187,6 +189,7 @@ def mock_rows(random_rows: bool = True, texts: Optional[Sequence[str]] = None) -
             spec = self.info.features.get_tensor_spec()
             if texts is None:
                 rows = edge_rows(spec, builder_key(self))
+                rows = rows[len(EDGE_STRINGS) + 1:] if well_formed_only else rows
             else:
                 rows = [_merge(_fill(spec, 0, [0]), {key: text for key in spec}) for text in texts]
             ds = tf.data.Dataset.from_generator(lambda: iter(rows), output_signature=spec)
@@ -349,8 +352,9 @@ def split_for(task) -> str:
     return next(iter(explicit)) if explicit else "validation"
 
 
-def compare_task(ours, theirs, sequence_length: Mapping[str, int]) -> TaskComparison:
-    """Read `ours` and `theirs` on mock + edge rows and compare every example field.
+def compare_task(ours, theirs, sequence_length: Mapping[str, int], well_formed_only: bool = False) -> TaskComparison:
+    """Read `ours` and `theirs` on mock + edge rows (only WELL_FORMED_ROWS with `well_formed_only`) and compare
+    every example field.
 
     If a side raises (a row breaks a preprocessor's assumption), both are read again dropping the examples
     that raise (tf.data `ignore_errors`), so one side failing on a row shows as a different example count.
@@ -358,7 +362,7 @@ def compare_task(ours, theirs, sequence_length: Mapping[str, int]) -> TaskCompar
     split = split_for(ours)
     precache = ours.name in STOCHASTIC_TASKS
     result = TaskComparison(ours.name, split)
-    with mock_rows():
+    with mock_rows(random_rows=not well_formed_only, well_formed_only=well_formed_only):
         a, b = (read(task, split, sequence_length, precache=precache) for task in (ours, theirs))
         if isinstance(a, Exception) or isinstance(b, Exception):
             result.raised = True

@@ -2,18 +2,22 @@
 
 Every task both register: preprocessed strings, token ids and every other example field on tfds mock rows and
 hand-written edge rows; postprocessed targets/predictions and metric dicts on gold, wrong, unparseable and mixed
-predictions. Every mixture: members and each member's rate for two example counts. Span corruption, i.i.d.
-denoising and prefix LM: statistics on 500 examples. Anything that differs must be one of DIFFERENCES, the README's "Differences from the t5
-library" table, each also checked on its own below.
+predictions (DPR's on the rows both sides accept). Every mixture: members and each member's rate for two example
+counts. Span corruption, i.i.d. denoising and prefix LM: statistics on 500 examples. Anything that differs must be
+one of DIFFERENCES, the README's "Differences from the t5 library" table, each also checked on its own below.
 """
 import math
 
+import gin
 import pytest
 import seqio
+import tensorflow as tf
 
 import t5_oracle as oracle
 import t5_oracle_measures as measures
-from tasks_fixtures import spm_model  # noqa: F401  (fixture)
+from tasks import preprocessors
+from tasks_fixtures import hand_written_tfds, spm_model  # noqa: F401  (fixture)
+from text2text import errors
 
 SEQUENCE_LENGTH = {"inputs": 64, "targets": 32}
 LENGTHS = {
@@ -25,14 +29,21 @@ LENGTHS = {
 }
 WSC_TASKS = ("super_glue_wsc_v102_simple_train", "super_glue_wsc_v102_simple_eval",
              "super_glue_wsc_v102_simple_1_sentinel_train", "super_glue_wsc_v102_simple_1_sentinel_eval")
+WSC_EVAL_TASKS = tuple(name for name in WSC_TASKS if name.endswith("_eval"))
+DPR_TASKS = ("dpr_v001_simple", "dpr_v001_simple_1_sentinel")
+# Tasks whose examples differ on the mock rows (a documented difference): their postprocessing and metrics are
+# compared on the rows both sides accept, the WELL_FORMED_ROWS.
+SCORED_ON_WELL_FORMED_ROWS = DPR_TASKS
 # (name, what differs) -> README row. "examples": preprocessed examples; "metrics": postprocessing/metrics;
 # "rates": mixture rates.
 DIFFERENCES = {
     ("c4_realnewslike_v020_unsupervised", "examples"): "t5 names TFDS config c4/en.realnewslike, which TFDS never had",
     ("c4_webtextlike_v020_unsupervised", "examples"): "t5 names TFDS config c4/en.webtextlike, which TFDS never had",
     ("trivia_qa_v010", "examples"): "answers are matched as literal text, t5 uses them as regular expressions",
-    **{(name, "examples"): "malformed WSC rows: t5 fails an assertion, we blank the word at span2_index"
-       for name in WSC_TASKS},
+    **{(name, "examples"): "a WSC row whose pronoun is the first word (span2_index 0): t5 fails an assertion"
+       for name in WSC_EVAL_TASKS},
+    **{(name, "examples"): "a DPR row without its pronoun: t5 keeps it unmarked, we stop (or skip and count)"
+       for name in DPR_TASKS},
     ("glue_stsb_v002", "metrics"): "non-finite predictions score -1, correlations are finite (t5: NaN)",
     ("squad_v010", "metrics"): "scored against the target answer (t5 iterates over its characters)",
     ("en_mix", "rates"): "a task without a train split gets rate 0 (t5's rate raises)",
@@ -55,11 +66,15 @@ def comparisons(registries):
     for name in registries.shared_tasks:
         ours, theirs = registries.tasks[name], registries.t5_tasks[name]
         result = oracle.compare_task(ours, theirs, LENGTHS.get(name, SEQUENCE_LENGTH))
+        scored_on = result
+        if name in SCORED_ON_WELL_FORMED_ROWS:
+            scored_on = oracle.compare_task(ours, theirs, LENGTHS.get(name, SEQUENCE_LENGTH), well_formed_only=True)
+            assert not scored_on.differences and scored_on.examples, (name, scored_on.differences)
         scored = {}
-        if result.examples and (ours.predict_metric_fns or theirs.predict_metric_fns):
-            for kind, predictions in oracle.prediction_sets(result.ours).items():
-                scored[kind] = oracle.outcome_differences(oracle.evaluate(ours, result.ours, predictions),
-                                                          oracle.evaluate(theirs, result.theirs, predictions))
+        if scored_on.examples and (ours.predict_metric_fns or theirs.predict_metric_fns):
+            for kind, predictions in oracle.prediction_sets(scored_on.ours).items():
+                scored[kind] = oracle.outcome_differences(oracle.evaluate(ours, scored_on.ours, predictions),
+                                                          oracle.evaluate(theirs, scored_on.theirs, predictions))
         out[name] = (result, scored)
     return out
 
@@ -104,7 +119,9 @@ def test_examples_match_except_documented(comparisons):
 def test_postprocessing_and_metrics_match_except_documented(registries, comparisons):
     scored = {name: kinds for name, (_, kinds) in comparisons.items() if kinds}
     with_metrics = {name for name in registries.shared_tasks if registries.tasks[name].predict_metric_fns}
-    assert set(scored) == {name for name in with_metrics if comparisons[name][0].examples} and len(scored) >= 39
+    assert set(scored) == {name for name in with_metrics
+                           if comparisons[name][0].examples or name in SCORED_ON_WELL_FORMED_ROWS}
+    assert len(scored) >= 39 and set(DPR_TASKS) <= set(scored)
     differing = {(name, "metrics") for name, kinds in scored.items() if any(kinds.values())}
     assert differing == {key for key in DIFFERENCES if key[1] == "metrics"}, {
         name: kinds for name, kinds in scored.items() if any(kinds.values())}
@@ -210,15 +227,87 @@ def test_trivia_qa_matches_answers_literally(comparisons):
 
 
 @pytest.mark.parametrize("name", WSC_TASKS)
-def test_wsc_malformed_rows_make_examples_where_t5_fails(registries, comparisons, name):
+def test_wsc_differs_on_the_mock_rows_only_by_a_pronoun_at_word_0(registries, comparisons, name):
     result, _ = comparisons[name]
-    assert result.raised
-    count, t5_count = (int(n) for n in result.differences[0].split(" examples vs t5's "))
-    assert count > t5_count > 0
-    with oracle.mock_rows():  # the rows t5 keeps (well-formed ones) give the same examples here
+    assert result.raised  # the malformed mock rows stop both sides (compare_task drops them on both)
+    with oracle.mock_rows():
         ours, theirs = (oracle.read(side[name], result.split, SEQUENCE_LENGTH, skip_errors=True)
                         for side in (registries.tasks, registries.t5_tasks))
     assert all(any(not oracle.example_differences([mine], [example]) for mine in ours) for example in theirs)
+    extra = [mine for mine in ours if all(oracle.example_differences([mine], [example]) for example in theirs)]
+    assert len(ours) == len(theirs) + len(extra)
+    # Only the '_' edge row (text '_', span2_text '_', span2_index 0); it has label 0, which training drops.
+    assert [mine["inputs_pretokenized"].decode("utf-8") for mine in extra] == (
+        ["wsc:  *_* "] if name in WSC_EVAL_TASKS else [])
+    assert ((name, "examples") in DIFFERENCES) == bool(extra)
+
+
+WSC_ROW = {"text": "He asked Tom for money.", "span1_text": "Tom", "span1_index": 2, "span2_text": "He",
+           "span2_index": 0, "label": 1, "idx": 5}
+
+
+@pytest.mark.parametrize("name", WSC_TASKS)
+def test_wsc_span2_index_0_is_an_example_here_and_a_failed_assertion_in_t5(registries, name):
+    ours, theirs = registries.tasks[name], registries.t5_tasks[name]
+    split = oracle.split_for(ours)
+    rows = {"index_0": WSC_ROW, "index_1": {**WSC_ROW, "text": "So he asked Tom.", "span2_text": "he",
+                                              "span2_index": 1},
+            "wrong_word": {**WSC_ROW, "span2_index": 1}, "past_the_end": {**WSC_ROW, "span2_index": 5}}
+    read = {}
+    for key, row in rows.items():
+        with hand_written_tfds({split: [row]}):
+            read[key] = [oracle.read(task, split, SEQUENCE_LENGTH) for task in (ours, theirs)]
+            if key in ("wrong_word", "past_the_end"):
+                before = preprocessors.SKIPPED_INVALID["wsc"]
+                gin.bind_parameter("skip_invalid_examples.skip", True)
+                try:
+                    assert oracle.read(ours, split, SEQUENCE_LENGTH) == []
+                finally:
+                    gin.clear_config()
+                assert preprocessors.SKIPPED_INVALID["wsc"] == before + 1
+    [mine], t5_error = read["index_0"]
+    assert mine["inputs_pretokenized"].decode("utf-8") == "wsc:  *He* asked Tom for money."
+    assert isinstance(t5_error, tf.errors.InvalidArgumentError) and "assertion failed" in str(t5_error)
+    assert not oracle.example_differences(*read["index_1"])  # any other word: the same example
+    for key in ("wrong_word", "past_the_end"):  # both reject; ours names the row
+        mine, t5_error = read[key]
+        assert isinstance(t5_error, tf.errors.InvalidArgumentError)
+        assert str(errors.embedded_user_error(mine)).startswith("wsc example idx 5: span2_index ")
+
+
+@pytest.mark.parametrize("name", DPR_TASKS)
+def test_dpr_row_without_its_pronoun_stops_or_is_skipped_where_t5_keeps_it_unmarked(registries, comparisons,
+                                                                                    name):
+    result, scored = comparisons[name]
+    assert result.raised and scored and not any(scored.values())  # metrics: equal on the well-formed rows
+    ours, theirs = registries.tasks[name], registries.t5_tasks[name]
+    before = preprocessors.SKIPPED_INVALID["dpr"]
+    with oracle.mock_rows():
+        stopped = oracle.read(ours, result.split, SEQUENCE_LENGTH)
+        kept_by_t5 = oracle.read(theirs, result.split, SEQUENCE_LENGTH, skip_errors=True)
+        gin.bind_parameter("skip_invalid_examples.skip", True)
+        try:  # the punctuation-only pronoun '?!.,;:—…()' is an invalid regular expression: it raises on both sides
+            kept = oracle.read(ours, result.split, SEQUENCE_LENGTH, skip_errors=True)
+        finally:
+            gin.clear_config()
+    skipped = preprocessors.SKIPPED_INVALID["dpr"] - before
+    line = str(errors.embedded_user_error(stopped))
+    assert line.startswith("dpr example ") and "does not occur as a word" in line
+    assert result.differences == [f"{len(kept)} examples vs t5's {len(kept_by_t5)}"]
+    assert all(any(not oracle.example_differences([mine], [example]) for example in kept_by_t5) for mine in kept)
+    extra = [example for example in kept_by_t5 if all(oracle.example_differences([mine], [example]) for mine in kept)]
+    assert len(kept_by_t5) == len(kept) + len(extra) and skipped == len(extra) > 0
+    assert all(b"*" not in example["inputs_pretokenized"] for example in extra)  # t5: no pronoun marked
+    assert all(b"*" in mine["inputs_pretokenized"] for mine in kept)
+    # A label that is no candidate's index: both reject it; ours names the row.
+    row = {"sentence": "Bob asked Tom if he can lend money.", "pronoun": "he", "candidates": ["Bob", "Tom"],
+           "label": 2}
+    with hand_written_tfds({result.split: [row]}):
+        mine, t5_error = (oracle.read(task, result.split, SEQUENCE_LENGTH) for task in (ours, theirs))
+    assert isinstance(t5_error, tf.errors.InvalidArgumentError)
+    assert str(errors.embedded_user_error(mine)) == (
+        f"dpr example {row['sentence']!r}: label 2 is not a candidate index 0..1. Fix the data, or bind "
+        "skip_invalid_examples.skip = True to leave such examples out")
 
 
 @pytest.mark.parametrize("name", ["c4_realnewslike_v020_unsupervised", "c4_webtextlike_v020_unsupervised"])

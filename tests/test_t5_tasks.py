@@ -3,6 +3,7 @@
 Expected values are written from t5 0.9.4's behaviour (tasks.py, preprocessors.py, postprocessors.py,
 evaluation/metrics.py); everything runs on tfds mock data or hand-written rows with a test-trained vocabulary.
 """
+import gin
 import numpy as np
 import pytest
 import seqio
@@ -295,11 +296,26 @@ def test_wmt19_ende(spm_model):
     assert text(ex["targets_pretokenized"]) == "Das ist gut."
 
 
+DPR_ROWS = [{"sentence": "Bob asked Tom if he can lend money.", "pronoun": "he", "candidates": ["Bob", "Tom"],
+             "label": 1},
+            {"sentence": "Bob asked Tom for money.", "pronoun": "he", "candidates": ["Bob", "Tom"], "label": 0}]
+
+
 @pytest.mark.parametrize("name", ["super_glue_record_v102_1_sentinel", "super_glue_multirc_v102_1_sentinel",
                                   "dpr_v001_simple_1_sentinel", "c4_v220_iid_denoising",
                                   "wikipedia_20190301.en_v003_unsupervised", "squad_v010_context_free"])
 def test_new_tasks_under_tfds_mock_data(spm_model, name):
-    examples = task_examples(name, "train", num_examples=2, lengths=LENGTHS)
+    if name.startswith("dpr_"):  # a random mock row's pronoun is not in its sentence: a valid and an invalid row
+        before = preprocessors.SKIPPED_INVALID["dpr"]
+        gin.bind_parameter("skip_invalid_examples.skip", True)
+        try:
+            examples = task_examples(name, "train", DPR_ROWS, lengths=LENGTHS)
+        finally:
+            gin.clear_config()
+        assert preprocessors.SKIPPED_INVALID["dpr"] == before + 1
+        assert [text(ex["inputs_pretokenized"]) for ex in examples] == ["wsc: Bob asked Tom if *he* can lend money."]
+    else:
+        examples = task_examples(name, "train", num_examples=2, lengths=LENGTHS)
     sentinel = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary.vocab_size - 1
     assert examples
     for ex in examples:
