@@ -59,6 +59,22 @@ def hand_written_tfds(rows_by_split: Dict[str, Sequence[dict]]):
         yield
 
 
+@contextlib.contextmanager
+def skipping_invalid_examples(name: str):
+    """Datasets built inside leave invalid examples out (gin `skip_invalid_examples.skip = True`, cleared on exit);
+    yields a function giving how many `name` examples (e.g. 'dpr') were skipped since entry."""
+    import gin
+
+    from tasks import preprocessors
+
+    before = preprocessors.SKIPPED_INVALID[name]
+    gin.bind_parameter("skip_invalid_examples.skip", True)
+    try:
+        yield lambda: preprocessors.SKIPPED_INVALID[name] - before
+    finally:
+        gin.clear_config()
+
+
 def run_task(task_name: str, rows: Sequence[dict], split: Optional[str] = None) -> Tuple[list, dict]:
     """A registered task on hand-written TFDS rows: (its examples as numpy dicts, one feature-converted batch)."""
     import seqio

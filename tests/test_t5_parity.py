@@ -8,15 +8,13 @@ one of DIFFERENCES, the README's "Differences from the t5 library" table, each a
 """
 import math
 
-import gin
 import pytest
 import seqio
 import tensorflow as tf
 
 import t5_oracle as oracle
 import t5_oracle_measures as measures
-from tasks import preprocessors
-from tasks_fixtures import hand_written_tfds, spm_model  # noqa: F401  (fixture)
+from tasks_fixtures import hand_written_tfds, skipping_invalid_examples, spm_model  # noqa: F401  (fixture)
 from text2text import errors
 
 SEQUENCE_LENGTH = {"inputs": 64, "targets": 32}
@@ -258,13 +256,9 @@ def test_wsc_span2_index_0_is_an_example_here_and_a_failed_assertion_in_t5(regis
         with hand_written_tfds({split: [row]}):
             read[key] = [oracle.read(task, split, SEQUENCE_LENGTH) for task in (ours, theirs)]
             if key in ("wrong_word", "past_the_end"):
-                before = preprocessors.SKIPPED_INVALID["wsc"]
-                gin.bind_parameter("skip_invalid_examples.skip", True)
-                try:
+                with skipping_invalid_examples("wsc") as skipped:
                     assert oracle.read(ours, split, SEQUENCE_LENGTH) == []
-                finally:
-                    gin.clear_config()
-                assert preprocessors.SKIPPED_INVALID["wsc"] == before + 1
+                assert skipped() == 1
     [mine], t5_error = read["index_0"]
     assert mine["inputs_pretokenized"].decode("utf-8") == "wsc:  *He* asked Tom for money."
     assert isinstance(t5_error, tf.errors.InvalidArgumentError) and "assertion failed" in str(t5_error)
@@ -281,22 +275,18 @@ def test_dpr_row_without_its_pronoun_stops_or_is_skipped_where_t5_keeps_it_unmar
     result, scored = comparisons[name]
     assert result.raised and scored and not any(scored.values())  # metrics: equal on the well-formed rows
     ours, theirs = registries.tasks[name], registries.t5_tasks[name]
-    before = preprocessors.SKIPPED_INVALID["dpr"]
     with oracle.mock_rows():
         stopped = oracle.read(ours, result.split, SEQUENCE_LENGTH)
         kept_by_t5 = oracle.read(theirs, result.split, SEQUENCE_LENGTH, skip_errors=True)
-        gin.bind_parameter("skip_invalid_examples.skip", True)
-        try:  # the punctuation-only pronoun '?!.,;:—…()' is an invalid regular expression: it raises on both sides
+        # (the punctuation-only pronoun '?!.,;:—…()' is an invalid regular expression: it raises on both sides)
+        with skipping_invalid_examples("dpr") as skipped:
             kept = oracle.read(ours, result.split, SEQUENCE_LENGTH, skip_errors=True)
-        finally:
-            gin.clear_config()
-    skipped = preprocessors.SKIPPED_INVALID["dpr"] - before
     line = str(errors.embedded_user_error(stopped))
     assert line.startswith("dpr example ") and "does not occur as a word" in line
     assert result.differences == [f"{len(kept)} examples vs t5's {len(kept_by_t5)}"]
     assert all(any(not oracle.example_differences([mine], [example]) for example in kept_by_t5) for mine in kept)
     extra = [example for example in kept_by_t5 if all(oracle.example_differences([mine], [example]) for mine in kept)]
-    assert len(kept_by_t5) == len(kept) + len(extra) and skipped == len(extra) > 0
+    assert len(kept_by_t5) == len(kept) + len(extra) and skipped() == len(extra) > 0
     assert all(b"*" not in example["inputs_pretokenized"] for example in extra)  # t5: no pronoun marked
     assert all(b"*" in mine["inputs_pretokenized"] for mine in kept)
     # A label that is no candidate's index: both reject it; ours names the row.

@@ -3,7 +3,6 @@
 Expected values are written from t5 0.9.4's behaviour (tasks.py, preprocessors.py, postprocessors.py,
 evaluation/metrics.py); everything runs on tfds mock data or hand-written rows with a test-trained vocabulary.
 """
-import gin
 import numpy as np
 import pytest
 import seqio
@@ -11,7 +10,7 @@ import tensorflow as tf
 
 import tasks  # noqa: F401  (registers every task)
 from tasks import c4, metrics, preprocessors, prefix_lm_objective, sentinels, wnli
-from tasks_fixtures import spm_model, task_examples, text  # noqa: F401  (pytest fixture)
+from tasks_fixtures import skipping_invalid_examples, spm_model, task_examples, text  # noqa: F401  (pytest fixture)
 from text2text.errors import UserError
 
 EOS = 1
@@ -306,13 +305,9 @@ DPR_ROWS = [{"sentence": "Bob asked Tom if he can lend money.", "pronoun": "he",
                                   "wikipedia_20190301.en_v003_unsupervised", "squad_v010_context_free"])
 def test_new_tasks_under_tfds_mock_data(spm_model, name):
     if name.startswith("dpr_"):  # a random mock row's pronoun is not in its sentence: a valid and an invalid row
-        before = preprocessors.SKIPPED_INVALID["dpr"]
-        gin.bind_parameter("skip_invalid_examples.skip", True)
-        try:
+        with skipping_invalid_examples("dpr") as skipped:
             examples = task_examples(name, "train", DPR_ROWS, lengths=LENGTHS)
-        finally:
-            gin.clear_config()
-        assert preprocessors.SKIPPED_INVALID["dpr"] == before + 1
+        assert skipped() == 1
         assert [text(ex["inputs_pretokenized"]) for ex in examples] == ["wsc: Bob asked Tom if *he* can lend money."]
     else:
         examples = task_examples(name, "train", num_examples=2, lengths=LENGTHS)
