@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from text2text import adafactor as fused_adafactor
 from text2text.errors import UserError
 
 Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
@@ -59,15 +60,16 @@ def adafactor(learning_rate: float | Schedule | None = None, decay_rate: float =
     """Adafactor with T5X's defaults (no momentum, factored second moments for dims >= 128, update clipping 1.0).
 
     `learning_rate=None` means `rsqrt_schedule()`. Parameter-scale multiplication uses
-    max(rms(param), 1e-3) (T5X's epsilon2=1e-3, fixed inside optax).
+    max(rms(param), 1e-3) (T5X's epsilon2=1e-3, as optax). Results and state equal `optax.adafactor`'s;
+    the update is text2text.adafactor's per-leaf fused one (faster on XLA:CPU).
     """
     if learning_rate is None:
         learning_rate = rsqrt_schedule()
-    return optax.adafactor(
+    return fused_adafactor.adafactor(
         learning_rate=learning_rate, min_dim_size_to_factor=min_dim_size_to_factor, decay_rate=decay_rate,
         decay_offset=decay_offset, multiply_by_parameter_scale=multiply_by_parameter_scale,
         clipping_threshold=clipping_threshold, momentum=momentum, weight_decay_rate=weight_decay_rate,
-        eps=epsilon1, factored=True)
+        eps=epsilon1)
 
 
 @gin.configurable
