@@ -92,7 +92,7 @@ def build_ours(directory: str, count: int) -> dict:
     vocabulary = _register(directory, count)
     config = _model_config(vocabulary)
     model = models.EncoderDecoderModel(config)
-    params = flax.core.meta.unbox(model.init_variables(jax.random.PRNGKey(0), LENGTHS))['params']
+    params = flax.core.meta.unbox(model.init_variables(jax.random.PRNGKey(0), {k: (1, v) for k, v in LENGTHS.items()}))['params']
     save_hf_checkpoint(config, params, os.path.join(directory, 'hf'))
     counter = _CompileCounter()
     compiles, results = {}, {}
