@@ -43,44 +43,83 @@ def factored_dims(shape: tuple[int, ...], min_dim_size_to_factor: int) -> tuple[
     return int(order[-2]), int(order[-1])
 
 
-def _axis_mean(x: jax.Array, axis: int) -> jax.Array:
-    """Mean over `axis` of a matrix as a matrix-vector product with a ones vector (mean elsewhere)."""
+ROW_BLOCK = 8  # rows added per loop iteration in `_column_sums`
+ROW_WIDTH = 16384  # elements per row that `_column_sums` reshapes narrow matrices to
+
+
+def _column_sums_of_squares(x: jax.Array, row_weights: jax.Array | None = None) -> jax.Array:
+    """sum_i w_i * x[i, :] ** 2 of a matrix [a, b] -> [b] (w = `row_weights` [a], default 1), as a loop adding
+    ROW_BLOCK weighted squared rows at a time.
+
+    XLA:CPU runs a reduction over the major axis as a strided scalar loop, a matrix-vector product needs the
+    squares in a temporary array, and a reduction with broadcast weights does not vectorise; this loop reads
+    each row once, vectorised along it. Narrow matrices are first viewed as [a / k, k * b] (a free reshape) so
+    each iteration does enough work, and the k groups folded at the end.
+    """
+    a, b = x.shape
+    k = max((d for d in range(1, a + 1) if a % d == 0 and d * b <= max(ROW_WIDTH, b)), default=1)
+    rows = x.reshape(a // k, k * b)
+    weights = None if row_weights is None else row_weights.reshape(a // k, k)
+    blocks = rows.shape[0] // ROW_BLOCK
+
+    def add_row(total, row, weight):
+        square = jnp.square(row)
+        return total + (square if weight is None else square * jnp.repeat(weight, b))
+
+    def add_block(i, total):
+        block = jax.lax.dynamic_slice_in_dim(rows, i * ROW_BLOCK, ROW_BLOCK, axis=0)
+        block_weights = None if weights is None else jax.lax.dynamic_slice_in_dim(weights, i * ROW_BLOCK,
+                                                                                  ROW_BLOCK, axis=0)
+        for j in range(ROW_BLOCK):
+            total = add_row(total, block[j], None if weights is None else block_weights[j])
+        return total
+
+    total = jnp.zeros((k * b,), x.dtype)
+    if blocks:
+        total = jax.lax.fori_loop(0, blocks, add_block, total)
+    for j in range(blocks * ROW_BLOCK, rows.shape[0]):
+        total = add_row(total, rows[j], None if weights is None else weights[j])
+    return total.reshape(k, b).sum(axis=0)
+
+
+def _mean_of_squares(x: jax.Array, axis: int) -> jax.Array:
+    """mean(x ** 2, axis) without an [x.shape] temporary; matrices only take the fast paths."""
     if x.ndim != 2:
-        return jnp.mean(x, axis=axis)
-    ones = jnp.ones((x.shape[axis],), x.dtype)
-    total = jnp.dot(ones, x) if axis == 0 else jnp.dot(x, ones)
-    return total / x.shape[axis]
+        return jnp.mean(jnp.square(x), axis=axis)
+    if axis == 1:
+        return jnp.mean(jnp.square(x), axis=1)  # contiguous rows: a fused, vectorised reduction
+    return _column_sums_of_squares(x) / x.shape[0]
 
 
-def _factored_update_square_mean(grad_sq: jax.Array, row_factor: jax.Array, col_factor: jax.Array,
+def _factored_update_square_mean(grad: jax.Array, row_factor: jax.Array, col_factor: jax.Array,
                                  d1: int, d0: int) -> jax.Array:
-    """mean((grad * expand(row_factor, d0) * expand(col_factor, d1)) ** 2), given grad_sq = grad ** 2."""
-    if grad_sq.ndim != 2:
-        update = grad_sq * jnp.expand_dims(jnp.square(row_factor), d0) * jnp.expand_dims(jnp.square(col_factor), d1)
-        return jnp.mean(update)
+    """mean((grad * expand(row_factor, d0) * expand(col_factor, d1)) ** 2), weighting grad's rows by the factor
+    that varies along axis 0 and the resulting column sums by the other."""
+    if grad.ndim != 2:
+        return jnp.mean(jnp.square(grad * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1)))
     # row_factor varies along axis d1, col_factor along axis d0
-    inner = jnp.dot(grad_sq, jnp.square(col_factor)) if d0 == 1 else jnp.dot(jnp.square(col_factor), grad_sq)
-    return jnp.dot(inner, jnp.square(row_factor)) / grad_sq.size
+    along_axis0, along_axis1 = (row_factor, col_factor) if d0 == 1 else (col_factor, row_factor)
+    columns = _column_sums_of_squares(grad, jnp.square(along_axis0))
+    return jnp.sum(columns * jnp.square(along_axis1)) / grad.size
 
 
 def _scaled_leaf(grad, v_row, v_col, v, param, decay, epsilon, min_dim_size_to_factor, clipping_threshold,
                  multiply_by_parameter_scale):
     """One leaf's second-moment update, clipped and parameter-scaled (learning rate and sign not applied)."""
     dims = factored_dims(param.shape, min_dim_size_to_factor)
-    grad_sq = jnp.square(grad)
     if dims is None:
-        v = (decay * v + (1.0 - decay) * (grad_sq + epsilon)).astype(param.dtype)
+        v = (decay * v + (1.0 - decay) * (jnp.square(grad) + epsilon)).astype(param.dtype)
         update = grad * v ** -0.5
         square_mean = jnp.mean(jnp.square(update))
     else:
         d1, d0 = dims
-        v_row = (decay * v_row + (1.0 - decay) * (_axis_mean(grad_sq, d0) + epsilon)).astype(param.dtype)
-        v_col = (decay * v_col + (1.0 - decay) * (_axis_mean(grad_sq, d1) + epsilon)).astype(param.dtype)
+        v_row = (decay * v_row + (1.0 - decay) * (_mean_of_squares(grad, d0) + epsilon)).astype(param.dtype)
+        v_col = (decay * v_col + (1.0 - decay) * (_mean_of_squares(grad, d1) + epsilon)).astype(param.dtype)
         reduced_d1 = d1 - 1 if d1 > d0 else d1
         row_factor = (v_row / jnp.mean(v_row, axis=reduced_d1, keepdims=True)) ** -0.5
         col_factor = v_col ** -0.5
         update = grad * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1)
-        square_mean = _factored_update_square_mean(grad_sq, row_factor, col_factor, d1, d0)
+        square_mean = _factored_update_square_mean(grad, row_factor, col_factor, d1, d0)
     scale = 1.0
     if clipping_threshold is not None:
         scale = 1.0 / jnp.maximum(1.0, jnp.sqrt(square_mean) / clipping_threshold)
