@@ -8,10 +8,12 @@ decay. The state pytree is exactly `optax.adafactor(...)`'s (`init` is optax's o
 rules and the masked optimizer see the same leaves.
 
 What differs is only how the statistics of a 2-D factored leaf are computed: XLA:CPU runs a mean over the
-non-contiguous axis of a matrix (e.g. the vocab axis of T5X's [embed, vocab] logits kernel) as a slow scalar
-loop, so row and column sums of the squared gradient, and the sum of squares of the factored update, are
-matrix-vector products (`jnp.dot` with a vector hits the GEMV kernels). Results match optax within float32
-rounding of the different summation order (tests/test_adafactor.py checks 1e-6 relative).
+major axis of a matrix (e.g. the vocab axis of T5X's [embed, vocab] logits kernel) as a slow strided loop, and
+a reduction with broadcast factors (the RMS of the factored update, for clipping) does not vectorise. Column
+sums of the squared gradient and that RMS are a loop over blocks of rows instead (`_column_sums_of_squares`),
+with no temporary of the gradient's size; row sums stay XLA reductions over the contiguous axis. Results match
+optax within float32 rounding of the different summation order (tests/test_adafactor.py checks 1e-6
+relative); bench/optimizer.py times it against optax and transformers.
 """
 from __future__ import annotations
 
