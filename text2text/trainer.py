@@ -308,42 +308,43 @@ def train(
     timer = reporting.HostTimer()
     pending, skipped, preempted = None, 0, False  # (step, finite flag), read one step late to keep the device busy
     try:
-        for step in range(start_step + 1, train_steps + 1):
-            if step == start_step + 2:
-                timer.reset()  # the first step's dispatch compiles
-            with timer.phase("data"):
-                batch = next(run.iterator)
-                tokens_since_log += _tokens(batch)
-                sharded = partitioning.shard_batch(batch, run.mesh)
-            with timer.phase("dispatch"), partitioning.mesh_context(run.mesh, run.rules):
-                run.state, metrics = run.step_fn(run.state, sharded, rng)
-            finite = metrics.pop("finite")
-            if pending is not None:
-                with timer.phase("wait for the previous step"):
-                    skipped += not _check_finite(*pending, skip_nonfinite_steps, run, model_dir)
-            pending = (step, finite)
-            if step % log_period == 0 or step == train_steps:
-                with timer.phase("wait for the step (log)"):
-                    last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                with timer.phase("log"):
-                    last_metrics["loss_per_token"] = _per_token_loss(last_metrics)
-                    progress.update(step, last_metrics["loss_per_token"], _all_hosts(tokens_since_log))
-                    run.metrics_log.write(step, {**last_metrics, "loss": last_metrics["loss_per_token"]})
-                    tokens_since_log = 0
-            preempted = preemption.reached(step)
-            if step % checkpoint_period == 0 or step == train_steps or preempted:
-                with timer.phase("checkpoint"):
-                    skipped += not _check_finite(*pending, skip_nonfinite_steps, run, model_dir)
-                    pending = None
-                    run.manager.save(step, run.state, run.iterator.state(), force=True)
-            if preempted:
-                progress.message(f"preempted: saved a checkpoint at step {step} in {model_dir}; "
-                                 "rerun the same command to resume")
-                break
-            if eval_period and (step % eval_period == 0 or step == train_steps):
-                with timer.phase("eval"), partitioning.mesh_context(run.mesh, run.rules):
-                    eval_results = evaluator.evaluate(run.state.params, step=step)
-                progress.message(f"eval at step {step}:\n{evaluation.format_metrics_table(eval_results)}")
+        with partitioning.mesh_context(run.mesh, run.rules):  # once: entered per step, it slows every dispatch
+            for step in range(start_step + 1, train_steps + 1):
+                if step == start_step + 2:
+                    timer.reset()  # the first step's dispatch compiles
+                with timer.phase("data"):
+                    batch = next(run.iterator)
+                    tokens_since_log += _tokens(batch)
+                    sharded = partitioning.shard_batch(batch, run.mesh)
+                with timer.phase("dispatch"):
+                    run.state, metrics = run.step_fn(run.state, sharded, rng)
+                finite = metrics.pop("finite")
+                if pending is not None:
+                    with timer.phase("wait for the previous step"):
+                        skipped += not _check_finite(*pending, skip_nonfinite_steps, run, model_dir)
+                pending = (step, finite)
+                if step % log_period == 0 or step == train_steps:
+                    with timer.phase("wait for the step (log)"):
+                        last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    with timer.phase("log"):
+                        last_metrics["loss_per_token"] = _per_token_loss(last_metrics)
+                        progress.update(step, last_metrics["loss_per_token"], _all_hosts(tokens_since_log))
+                        run.metrics_log.write(step, {**last_metrics, "loss": last_metrics["loss_per_token"]})
+                        tokens_since_log = 0
+                preempted = preemption.reached(step)
+                if step % checkpoint_period == 0 or step == train_steps or preempted:
+                    with timer.phase("checkpoint"):
+                        skipped += not _check_finite(*pending, skip_nonfinite_steps, run, model_dir)
+                        pending = None
+                        run.manager.save(step, run.state, run.iterator.state(), force=True)
+                if preempted:
+                    progress.message(f"preempted: saved a checkpoint at step {step} in {model_dir}; "
+                                     "rerun the same command to resume")
+                    break
+                if eval_period and (step % eval_period == 0 or step == train_steps):
+                    with timer.phase("eval"):
+                        eval_results = evaluator.evaluate(run.state.params, step=step)
+                    progress.message(f"eval at step {step}:\n{evaluation.format_metrics_table(eval_results)}")
     finally:
         preemption.uninstall()
     host = timer.summary(max(int(run.state.step) - start_step - 1, 0), HOST_OVERHEAD_PHASES)
