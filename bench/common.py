@@ -195,6 +195,45 @@ def interleaved(runners: dict[str, tuple[Worker, str]], rounds: int, calls: int)
     return {label: statistics.median(values) for label, values in times.items()}
 
 
+GEMM_SIZE = 1024
+
+
+def build_gemm(size: int = GEMM_SIZE) -> dict:
+    """Runner 'gemm': one jitted fp32 [size, size] @ [size, size] matmul in JAX (the machine's GEMM peak)."""
+    import jax
+    import jax.numpy as jnp
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    jax.block_until_ready(matmul(a, b))
+    return {'gemm': lambda: jax.block_until_ready(matmul(a, b))}
+
+
+def gemm_gflops(seconds: float, size: int = GEMM_SIZE) -> float:
+    """GFLOP/s of one `build_gemm` call that took `seconds` (2 size^3 FLOPs)."""
+    return 2 * size ** 3 / seconds / 1e9
+
+
+def peak_note(gemm_seconds: float, flops: float | None = None, seconds: float | None = None) -> str:
+    """'GEMM peak P GFLOP/s' (median of interleaved `build_gemm` calls), and '; X GFLOP/s = Y% of it' for a
+    computation of `flops` FLOPs that took `seconds`."""
+    peak = gemm_gflops(gemm_seconds)
+    note = f'fp32 GEMM peak {peak:.1f} GFLOP/s (jax, {GEMM_SIZE}^3)'
+    if flops is not None and seconds is not None:
+        rate = flops / seconds / 1e9
+        note += f'; {rate:.1f} GFLOP/s = {rate / peak:.0%} of it'
+    return note
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ('unknown CPU' elsewhere)."""
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as info:
+            return next(line.split(':', 1)[1].strip() for line in info if line.startswith('model name'))
+    except (OSError, StopIteration):
+        return 'unknown CPU'
+
+
 def load_note() -> str:
     """1-minute load average, CPU count and threads used, printed next to timings (other processes skew them)."""
-    return f'load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs'
+    return f'load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs ({cpu_model()})'

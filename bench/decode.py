@@ -3,7 +3,8 @@
 Same weights (our random init exported with text2text.convert.hf.save_hf_checkpoint, loaded with
 from_pretrained), batch 8, 64 random input tokens, 32 new tokens, each framework in its own worker process.
 With random weights EOS (id 1) is practically never the argmax, so every row runs all 32 steps; the script
-checks that and reports how many tokens the two agree on. Run:
+checks that and reports how many tokens the two agree on, the fp32 GEMM peak and the % of it reached (FLOPs
+of one teacher-forced forward pass over the same tokens / time). Run:
 `.venv/bin/python bench/decode.py [--threads N] [--rounds R] [--steps S]`.
 """
 import functools
@@ -11,7 +12,8 @@ import tempfile
 
 import numpy as np
 
-from common import Worker, bench_config, interleaved, load_note, parse_args
+from common import Worker, bench_config, build_gemm, interleaved, load_note, parse_args, peak_note
+from gpu_mfu import train_flops_per_step
 
 BATCH, INPUTS, NEW_TOKENS = 8, 64, 32
 
@@ -38,7 +40,7 @@ def build_ours(checkpoint_dir: str) -> dict:
         return np.asarray(jax.block_until_ready(predict(params, batch)))
 
     generate()
-    return {'generate': generate}
+    return {'generate': generate, **build_gemm()}
 
 
 def build_hf(checkpoint_dir: str) -> dict:
@@ -69,11 +71,15 @@ def main() -> None:
     assert (ours_tokens > 1).all() and (hf_tokens > 1).all(), 'a row emitted EOS early; timings would differ'
     print(f'# {load_note()}, threads {args.threads}; greedy tokens equal to HF: {np.mean(ours_tokens == hf_tokens):.3f};'
           f' {args.rounds} rounds x {args.steps} calls', flush=True)
-    times = interleaved({'ours': (ours, 'generate'), 'HF': (hf, 'generate')}, args.rounds, args.steps)
+    times = interleaved({'ours': (ours, 'generate'), 'HF': (hf, 'generate'), 'gemm': (ours, 'gemm')}, args.rounds,
+                        args.steps)
     ours.close()
     hf.close()
     tokens = BATCH * NEW_TOKENS
+    flops = train_flops_per_step(bench_config(), BATCH, INPUTS, NEW_TOKENS) / 3  # one forward pass of these tokens
     print(f'# {load_note()}')
+    print(f'# ours: {peak_note(times["gemm"], flops, times["ours"])}')
+    print(f'# HF: {peak_note(times["gemm"], flops, times["HF"])}')
     print(f'decode: ours {tokens / times["ours"]:.0f} tokens/s, HF {tokens / times["HF"]:.0f} tokens/s, '
           f'ratio {times["HF"] / times["ours"]:.2f}')
 

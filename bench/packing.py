@@ -4,12 +4,15 @@ Five in-memory seqio tasks (byte vocabulary, so 1 byte = 1 token) with GLUE-like
 are mixed at equal rates. The same examples, in the same order, go through text2text.data.get_dataset with
 EncDecFeatureConverter pack=True (ours) and pack=False (HF T5ForConditionalGeneration: each example padded to
 inputs 128 / targets 16; our model is timed on these padded batches too, to separate the packing gain from the
-step speed). Batch 8 rows, fp32, model common.bench_config, each framework in its own worker process. Run:
+step speed). Prints the fp32 GEMM peak and the % of it reached (model FLOPs of the batches' shapes / time).
+Batch 8 rows, fp32, model common.bench_config, each framework in its own worker process. Run:
 `.venv/bin/python bench/packing.py [--threads N] [--rounds R] [--examples E]` (E examples per task).
 """
 import numpy as np
 
-from common import HfTrainer, OurTrainer, Worker, bench_config, interleaved, load_note, parse_args
+from common import (HfTrainer, OurTrainer, Worker, bench_config, build_gemm, interleaved, load_note, parse_args,
+                    peak_note)
+from gpu_mfu import train_flops_per_step
 
 BATCH = 8
 FEATURE_LENGTHS = {'inputs': 128, 'targets': 16}
@@ -81,7 +84,7 @@ def build(framework: str, examples: int) -> dict:
         prepared = [trainer.prepare(batch) for batch in batches]
         trainer.step(prepared[0])  # compile / warm up
         runners[name] = lambda prepared=prepared: [trainer.step(batch) for batch in prepared]
-    return runners
+    return {**runners, **build_gemm()} if framework == 'ours' else runners
 
 
 def main() -> None:
@@ -96,10 +99,13 @@ def main() -> None:
           f'{packed_batches} packed batches ({tokens / (packed_batches * slots):.0%} real)')
     print(f'# {load_note()}, threads {args.threads}; {args.rounds} interleaved rounds of one pass each', flush=True)
     seconds = interleaved({'ours packed': (ours, 'packed'), 'ours padded': (ours, 'padded'),
-                           'HF padded': (hf, 'padded')}, args.rounds, args.steps)
+                           'HF padded': (hf, 'padded'), 'gemm': (ours, 'gemm')}, args.rounds, args.steps)
     ours.close()
     hf.close()
-    rate = {name: tokens / value for name, value in seconds.items()}
+    rate = {name: tokens / value for name, value in seconds.items() if name != 'gemm'}
+    step_flops = train_flops_per_step(bench_config(), BATCH, FEATURE_LENGTHS['inputs'], FEATURE_LENGTHS['targets'])
+    print(f'# ours packed: {peak_note(seconds["gemm"], step_flops * packed_batches, seconds["ours packed"])}')
+    print(f'# HF padded: {peak_note(seconds["gemm"], step_flops * padded_batches, seconds["HF padded"])}')
     print(f'# {load_note()}; ours on padded batches {rate["ours padded"]:.0f} tokens/s')
     print(f'packing: ours {rate["ours packed"]:.0f} tokens/s, HF {rate["HF padded"]:.0f} tokens/s, '
           f'ratio {rate["ours packed"] / rate["HF padded"]:.2f}')

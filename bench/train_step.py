@@ -2,12 +2,15 @@
 
 Same shape (common.bench_config), batch 8, inputs 128, targets 32, fp32, the same random tokens; each framework
 in its own worker process with the same CPUs/threads; steady state (compile and warm-up excluded), interleaved
-rounds, medians. Run from the repo root:
+rounds, medians; prints the fp32 GEMM peak measured in the same rounds and the % of it each framework's
+step reaches (model FLOPs of gpu_mfu.train_flops_per_step / step time). Run from the repo root:
 `.venv/bin/python bench/train_step.py [--threads N] [--rounds R] [--steps S] [--parts]`.
 """
 import numpy as np
 
-from common import HfTrainer, OurTrainer, Worker, bench_config, interleaved, load_note, parse_args
+from common import (HfTrainer, OurTrainer, Worker, bench_config, build_gemm, interleaved, load_note, parse_args,
+                    peak_note)
+from gpu_mfu import train_flops_per_step
 
 BATCH, INPUTS, TARGETS = 8, 128, 32
 
@@ -34,7 +37,7 @@ def build(framework: str) -> dict:
     for run in runners.values():
         run()
         run()
-    return runners
+    return {**runners, **build_gemm()} if framework == 'ours' else runners
 
 
 def main() -> None:
@@ -42,6 +45,7 @@ def main() -> None:
     workers = {'ours': Worker(args.threads, build, 'ours'), 'HF': Worker(args.threads, build, 'hf')}
     parts = ('step', 'fwd', 'fwd+bwd') if args.parts else ('step',)
     runners = {(side, part): (worker, part) for part in parts for side, worker in workers.items()}
+    runners['gemm'] = (workers['ours'], 'gemm')
     print(f'# {load_note()}, threads {args.threads} (XLA and torch); {args.rounds} interleaved rounds x '
           f'{args.steps} steps; median s/step', flush=True)
     times = interleaved(runners, args.rounds, args.steps)
@@ -52,6 +56,9 @@ def main() -> None:
         print(f'{part}: ours {ours:.4f} s, HF {hf:.4f} s, ratio {ours / hf:.2f}')
     print(f'# {load_note()}')
     ours, hf = times['ours', 'step'], times['HF', 'step']
+    flops = train_flops_per_step(bench_config(), BATCH, INPUTS, TARGETS)
+    print(f'# ours: {peak_note(times["gemm"], flops, ours)}')
+    print(f'# HF: {peak_note(times["gemm"], flops, hf)}')
     print(f'train_step: ours {ours:.4f} s/step, HF {hf:.4f} s/step, ratio {ours / hf:.2f}')
 
 

@@ -226,3 +226,42 @@ def test_tiny_real_model(tasks, tmp_path):
     assert np.all(direct < 0)
     np.testing.assert_allclose(results["eval_test_a"]["mean_score"], direct.mean(), rtol=1e-4)
     assert os.path.exists(tmp_path / "metrics.jsonl")
+
+
+def test_length_buckets_give_identical_predictions_scores_and_metrics(tmp_path):
+    """Sorting by input length and cutting encoder padding to power-of-two widths changes neither the tokens,
+    the scores nor the metrics of a real (random tiny) model, and compiles one program per width."""
+    from text2text import models
+    from text2text.config import get_config
+
+    lengths = {"inputs": 64, "targets": 8}
+    texts = [f"q{i} " + "abcdefgh"[: i % 8] * (i % 7) for i in range(13)]
+    source = seqio.FunctionDataSource(
+        lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+            {"inputs": texts, "targets": [t[:3] for t in texts]}), splits=["validation"])
+    _register("eval_test_lengths", [accuracy, mean_score], source=source)
+    try:
+        model = models.EncoderDecoderModel(get_config("tiny", vocab_size=VOCAB.vocab_size))
+        params = flax.core.meta.unbox(model.init_variables(jax.random.PRNGKey(0), {"inputs": (1, 64),
+                                                                                   "targets": (1, 8)}))["params"]
+        ds = seqio.EncDecFeatureConverter(pack=False)(
+            seqio.get_mixture_or_task("eval_test_lengths").get_dataset(lengths, split="validation", shuffle=False),
+            lengths).enumerate()
+        widths = {evaluation.input_width(int((ex["encoder_input_tokens"] > 0).sum()), 64)
+                  for _, ex in ds.as_numpy_iterator()}
+        assert len(widths) >= 2  # the test exercises several buckets
+        predict, score = evaluation.jit_predict_fn(model), evaluation.jit_score_fn(model)
+        outputs = {}
+        for by_length in (False, True):
+            predictions = evaluation.make_predict_fn(model, params, 4, jit_predict=predict, by_length=by_length)(ds)
+            before = predict._cache_size()
+            metrics = evaluation.TaskEvaluator(model, "eval_test_lengths", lengths, batch_size=4, jit_predict=predict,
+                                               jit_score=score, by_length=by_length).evaluate(params)
+            assert predict._cache_size() == before  # the evaluator reuses the compiled shapes
+            outputs[by_length] = (sorted(predictions), metrics["eval_test_lengths"])
+        assert outputs[True][0] == outputs[False][0]
+        assert outputs[True][1]["accuracy"] == outputs[False][1]["accuracy"]
+        np.testing.assert_allclose(outputs[True][1]["mean_score"], outputs[False][1]["mean_score"], rtol=1e-5)
+        assert 2 <= predict._cache_size() - 1 <= len(widths)  # one full-width program, one per bucket width
+    finally:
+        seqio.TaskRegistry.remove("eval_test_lengths")

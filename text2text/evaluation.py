@@ -47,19 +47,43 @@ def jit_score_fn(model: Any) -> ScoreJit:
     return jax.jit(score)
 
 
-def _padded_batches(dataset: tf.data.Dataset, batch_size: int) -> Iterator[tuple[np.ndarray, dict, int]]:
+MIN_INPUT_WIDTH = 8
+
+
+def _input_length(tokens: np.ndarray) -> int:
+    """Position after the last non-padding token of a [length] int row (0 for an all-padding row)."""
+    nonzero = np.flatnonzero(tokens)
+    return int(nonzero[-1]) + 1 if nonzero.size else 0
+
+
+def input_width(length: int, full: int) -> int:
+    """Encoder width of a batch whose longest input has `length` tokens: the smallest power of two >= length
+    (at least MIN_INPUT_WIDTH), at most the feature length `full`, so a whole eval compiles <= log2(full) shapes."""
+    return min(full, max(MIN_INPUT_WIDTH, 1 << max(0, length - 1).bit_length()))
+
+
+def _padded_batches(dataset: tf.data.Dataset, batch_size: int,
+                    by_length: bool) -> Iterator[tuple[np.ndarray, dict, int]]:
     """Yields (indices, batch, n_real) from an enumerated dataset; the last batch is padded to batch_size.
 
-    Padding repeats the batch's first example so the model never sees a degenerate all-padding row,
-    and every call has the same shapes (one compilation).
+    Padding repeats the batch's first example so the model never sees a degenerate all-padding row. With
+    `by_length`, examples are sorted by input length (stable) and each batch's `encoder_input_tokens` are cut to
+    `input_width` of its longest input: the padding cut off is masked anyway, so results do not change, and
+    every call has one of a few shapes. Otherwise batches keep the dataset order and the full feature length.
     """
-    for indices, features in dataset.batch(batch_size).as_numpy_iterator():
-        n_real = len(indices)
-        if n_real < batch_size:
-            features = {
-                k: np.concatenate([v, np.repeat(v[:1], batch_size - n_real, axis=0)])
-                for k, v in features.items()
-            }
+    rows = list(dataset.as_numpy_iterator())
+    if by_length:
+        rows.sort(key=lambda row: _input_length(row[1]["encoder_input_tokens"]))
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        n_real = len(chunk)
+        chunk += [chunk[0]] * (batch_size - n_real)
+        indices = np.array([index for index, _ in chunk[:n_real]])
+        features = {key: np.stack([row[key] for _, row in chunk]) for key in chunk[0][1]}
+        if by_length:
+            inputs = features["encoder_input_tokens"]
+            width = input_width(max(_input_length(row) for row in inputs), inputs.shape[1])
+            features["encoder_input_tokens"] = inputs[:, :width]
         yield indices, features, n_real
 
 
@@ -70,11 +94,13 @@ def make_predict_fn(
     decode_kwargs: Mapping[str, Any] | None = None,
     jit_predict: PredictJit | None = None,
     seed: int = 0,
+    by_length: bool = True,
 ) -> SeqioModelFn:
     """Builds a seqio predict_fn: enumerated dataset -> [(index, token list)] with padding rows dropped.
 
     `jit_predict(params, batch, rng)` defaults to `jit_predict_fn(model, decode_kwargs)`; pass a
-    prebuilt (e.g. partitioned) one to avoid recompiling. Batch i gets rng fold_in(PRNGKey(seed), i).
+    prebuilt (e.g. partitioned) one to avoid recompiling. Batch i gets rng fold_in(PRNGKey(seed), i)
+    (with `by_length`, batches of length-sorted examples: see `_padded_batches`).
     """
     _check_batch_size(batch_size)
     predict = jit_predict or jit_predict_fn(model, decode_kwargs)
@@ -83,7 +109,7 @@ def make_predict_fn(
     def predict_fn(dataset: tf.data.Dataset, model_feature_shapes: Any = None) -> list:
         del model_feature_shapes
         out = []
-        for i, (indices, batch, n_real) in enumerate(_padded_batches(dataset, batch_size)):
+        for i, (indices, batch, n_real) in enumerate(_padded_batches(dataset, batch_size, by_length)):
             tokens = np.asarray(jax.device_get(predict(params, batch, jax.random.fold_in(base_rng, i))))
             out.extend((int(idx), row.tolist()) for idx, row in zip(indices[:n_real], tokens[:n_real]))
         return out
@@ -92,11 +118,11 @@ def make_predict_fn(
 
 
 def make_score_fn(
-    model: Any, params: Any, batch_size: int, jit_score: ScoreJit | None = None
+    model: Any, params: Any, batch_size: int, jit_score: ScoreJit | None = None, by_length: bool = True
 ) -> SeqioModelFn:
     """Builds a seqio score_fn: enumerated dataset -> [(index, summed target log-likelihood)].
 
-    `jit_score(params, batch)` defaults to `jit_score_fn(model)`.
+    `jit_score(params, batch)` defaults to `jit_score_fn(model)`; `by_length` as in `_padded_batches`.
     """
     _check_batch_size(batch_size)
     score = jit_score or jit_score_fn(model)
@@ -104,7 +130,7 @@ def make_score_fn(
     def score_fn(dataset: tf.data.Dataset, model_feature_shapes: Any = None) -> list:
         del model_feature_shapes
         out = []
-        for indices, batch, n_real in _padded_batches(dataset, batch_size):
+        for indices, batch, n_real in _padded_batches(dataset, batch_size, by_length):
             scores = np.asarray(jax.device_get(score(params, batch)), dtype=np.float64)
             out.extend((int(idx), float(s)) for idx, s in zip(indices[:n_real], scores[:n_real]))
         return out
@@ -219,7 +245,8 @@ def _append_metrics_jsonl(model_dir: str, step: int | None, results: Mapping[str
 
 class TaskEvaluator:
     """Caches a seqio.Evaluator and the jitted model functions, so repeated evals (e.g. every N training
-    steps) neither rebuild the eval data nor recompile."""
+    steps) neither rebuild the eval data nor recompile. `by_length` (default) sorts examples by input length
+    and cuts each batch's encoder padding to a power-of-two width (see `_padded_batches`)."""
 
     def __init__(
         self,
@@ -234,6 +261,7 @@ class TaskEvaluator:
         use_cached: bool = False,
         jit_predict: PredictJit | None = None,
         jit_score: ScoreJit | None = None,
+        by_length: bool = True,
     ):
         _check_batch_size(batch_size)
         _check_lengths(task_feature_lengths)
@@ -263,14 +291,16 @@ class TaskEvaluator:
         self.seed = seed
         self._jit_predict = jit_predict or jit_predict_fn(model, decode_kwargs)
         self._jit_score = jit_score or jit_score_fn(model)
+        self.by_length = by_length
 
     def evaluate(self, params: Any, step: int | None = None) -> dict[str, dict[str, Any]]:
         """Runs all eval tasks with `params`; returns {task: {metric: value}} (+ mixture average)
         and appends the metrics to model_dir/metrics.jsonl when model_dir was given."""
         predict_fn = make_predict_fn(
-            self.model, params, self.batch_size, jit_predict=self._jit_predict, seed=self.seed
+            self.model, params, self.batch_size, jit_predict=self._jit_predict, seed=self.seed, by_length=self.by_length
         )
-        score_fn = make_score_fn(self.model, params, self.batch_size, jit_score=self._jit_score)
+        score_fn = make_score_fn(self.model, params, self.batch_size, jit_score=self._jit_score,
+                                 by_length=self.by_length)
         future, _ = self.evaluator.evaluate(
             compute_metrics=True, step=step, predict_fn=predict_fn, score_fn=score_fn
         )

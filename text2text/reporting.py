@@ -1,11 +1,13 @@
 """What a training run shows and leaves behind: progress line, TensorBoard, metrics.jsonl, loss.png."""
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import os
 import sys
 import time
-from typing import Mapping, TextIO
+from typing import Iterator, Mapping, TextIO
 
 import jax
 
@@ -53,6 +55,35 @@ class Progress:
         """Prints a line without breaking the progress bar."""
         self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
         self.stream.flush()
+
+
+class HostTimer:
+    """Wall seconds of the training loop's host-side phases (data, dispatch, logging, checkpoints...) against
+    the loop's total, to tell how much of a step the host adds (the jitted step itself runs asynchronously)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+        self._start = time.perf_counter()
+
+    def reset(self) -> None:
+        """Starts over (e.g. after the first step, whose dispatch includes compilation)."""
+        self.__init__()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def summary(self, steps: int, overhead: tuple[str, ...]) -> dict:
+        """{'steps', 'loop_seconds', 'seconds': {phase: s}, 'overhead_fraction'}: the `overhead` phases' share of
+        the loop (an upper bound on what they cost: data fetched while the device runs the previous step)."""
+        total = time.perf_counter() - self._start
+        spent = sum(self.seconds[name] for name in overhead)
+        return {"steps": steps, "loop_seconds": total, "seconds": dict(self.seconds),
+                "overhead_fraction": spent / total if total > 0 else 0.0}
 
 
 class MetricsLog:

@@ -22,6 +22,11 @@ from text2text.models import EncoderDecoderModel
 from text2text.train_state import TrainState, make_train_step
 
 
+# Host work in the training loop that is not waiting for the device: reading and sharding the next batch,
+# dispatching the jitted step, logging and checkpoint saves (the checkpoint phase also waits for the step).
+HOST_OVERHEAD_PHASES = ("data", "dispatch", "log", "checkpoint")
+
+
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """Device mesh sizes (-1 = all remaining devices) and the partitioning mode of the rules table."""
@@ -339,41 +344,54 @@ def train(
 
         preemption = _PreemptionFlag()
         guard = _NonfiniteGuard(skip_nonfinite_steps, max_skipped_in_a_row, run, model_dir)
+        timer = reporting.HostTimer()
         pending, preempted = None, False  # (step, finite flag), read one step late to keep the device busy
         try:
-            for step in range(start_step + 1, train_steps + 1):
-                batch = next(run.iterator)
-                tokens_since_log += _tokens(batch)
-                with partitioning.mesh_context(run.mesh, run.rules):
-                    run.state, metrics = run.step_fn(run.state, partitioning.shard_batch(batch, run.mesh), rng)
-                finite = metrics.pop("finite")
-                if pending is not None:
-                    guard.check(*pending)
-                pending = (step, finite)
-                if step % log_period == 0 or step == train_steps:
-                    last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    last_metrics["loss_per_token"] = _per_token_loss(last_metrics)
-                    progress.update(step, last_metrics["loss_per_token"], _all_hosts(tokens_since_log))
-                    run.metrics_log.write(step, {**last_metrics, "loss": last_metrics["loss_per_token"]})
-                    tokens_since_log = 0
-                preempted = preemption.reached(step)
-                if step % checkpoint_period == 0 or step == train_steps or preempted:
-                    guard.check(*pending)
-                    pending = None
-                    run.manager.save(step, run.state, run.iterator.state(), force=True)
-                if preempted:
-                    progress.message(f"preempted: saved a checkpoint at step {step} in {model_dir}; "
-                                     "rerun the same command to resume")
-                    break
-                if eval_period and (step % eval_period == 0 or step == train_steps):
-                    with partitioning.mesh_context(run.mesh, run.rules):
-                        eval_results = evaluator.evaluate(run.state.params, step=step)
-                    progress.message(f"eval at step {step}:\n{evaluation.format_metrics_table(eval_results)}")
+            with partitioning.mesh_context(run.mesh, run.rules):  # once: entered per step, it slows every dispatch
+                for step in range(start_step + 1, train_steps + 1):
+                    if step == start_step + 2:
+                        timer.reset()  # the first step's dispatch compiles
+                    with timer.phase("data"):
+                        batch = next(run.iterator)
+                        tokens_since_log += _tokens(batch)
+                        sharded = partitioning.shard_batch(batch, run.mesh)
+                    with timer.phase("dispatch"):
+                        run.state, metrics = run.step_fn(run.state, sharded, rng)
+                    finite = metrics.pop("finite")
+                    if pending is not None:
+                        with timer.phase("wait for the previous step"):
+                            guard.check(*pending)
+                    pending = (step, finite)
+                    if step % log_period == 0 or step == train_steps:
+                        with timer.phase("wait for the step (log)"):
+                            last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                        with timer.phase("log"):
+                            last_metrics["loss_per_token"] = _per_token_loss(last_metrics)
+                            progress.update(step, last_metrics["loss_per_token"], _all_hosts(tokens_since_log))
+                            run.metrics_log.write(step, {**last_metrics, "loss": last_metrics["loss_per_token"]})
+                            tokens_since_log = 0
+                    preempted = preemption.reached(step)
+                    if step % checkpoint_period == 0 or step == train_steps or preempted:
+                        with timer.phase("checkpoint"):
+                            guard.check(*pending)
+                            pending = None
+                            run.manager.save(step, run.state, run.iterator.state(), force=True)
+                    if preempted:
+                        progress.message(f"preempted: saved a checkpoint at step {step} in {model_dir}; "
+                                         "rerun the same command to resume")
+                        break
+                    if eval_period and (step % eval_period == 0 or step == train_steps):
+                        with timer.phase("eval"):
+                            eval_results = evaluator.evaluate(run.state.params, step=step)
+                        progress.message(f"eval at step {step}:\n{evaluation.format_metrics_table(eval_results)}")
         finally:
             preemption.uninstall()
+        host = timer.summary(max(int(run.state.step) - start_step - 1, 0), HOST_OVERHEAD_PHASES)
+        logging.getLogger(__name__).info("host time per phase (s): %s; host overhead %.1f%% of the loop",
+                                         host["seconds"], 100 * host["overhead_fraction"])
         run.manager.wait_until_finished()
         run.manager.close()
         run.metrics_log.close()
         reporting.plot_loss(model_dir)
         return {"step": int(run.state.step), "metrics": last_metrics, "eval": eval_results, "state": run.state,
-                "skipped_steps": guard.skipped, "preempted": preempted}
+                "skipped_steps": guard.skipped, "preempted": preempted, "host_time": host}

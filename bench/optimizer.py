@@ -1,0 +1,77 @@
+"""The Adafactor update alone: text2text.adafactor vs optax.adafactor (jitted) vs transformers' Adafactor (torch).
+
+One update of every parameter of the benchmark model (common.bench_config: 25.9M parameters, T5X's
+[embed, vocab] logits kernel and [vocab, embed] embedding), from fixed random gradients, with T5X's settings
+(constant LR 1e-3, decay 0.8, clipping 1.0, parameter scale, no momentum). JAX: one jitted
+`(grads, state, params) -> (params, state)` with state and params donated, as inside the train step; HF: the same
+model's parameters (torch layout) with `.grad` set, timed `optimizer.step()`. Each framework in its own worker
+process on the same CPUs; interleaved rounds, medians. Run:
+`.venv/bin/python bench/optimizer.py [--threads N] [--rounds R] [--steps S]`.
+"""
+import numpy as np
+
+from common import (LEARNING_RATE, HfTrainer, Worker, bench_config, build_gemm, interleaved, load_note, parse_args,
+                    peak_note)
+
+
+def build_jax() -> dict:
+    """Runners 'ours' and 'optax': one jitted Adafactor update of the benchmark model's params."""
+    import flax
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from text2text import adafactor, models, optim
+    model = models.EncoderDecoderModel(bench_config())
+    params = flax.core.meta.unbox(model.init_variables(jax.random.PRNGKey(0), {'inputs': (8, 128),
+                                                                                'targets': (8, 32)})['params'])
+    rng = np.random.default_rng(0)
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(0, 1e-3, p.shape).astype(np.float32)), params)
+    schedule = optim.constant_schedule(LEARNING_RATE)
+    runners = {}
+    for name, tx in {'ours': adafactor.adafactor(learning_rate=schedule),
+                     'optax': optax.adafactor(learning_rate=schedule, factored=True)}.items():
+        def update(grads, state, params, tx=tx):
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        jitted = jax.jit(update, donate_argnums=(1, 2))
+        live = {'state': tx.init(params), 'params': jax.tree.map(jnp.copy, params)}
+
+        def run(jitted=jitted, live=live):
+            live['params'], live['state'] = jitted(grads, live['state'], live['params'])
+            jax.block_until_ready(live['params'])
+
+        run()
+        run()
+        runners[name] = run
+    return {**runners, **build_gemm()}
+
+
+def build_hf() -> dict:
+    """Runner 'HF': transformers' Adafactor step on the same model in torch, gradients set once."""
+    import torch
+    trainer = HfTrainer(bench_config())
+    generator = torch.Generator().manual_seed(0)
+    for param in trainer.model.parameters():
+        param.grad = torch.randn(param.shape, generator=generator) * 1e-3
+    trainer.optimizer.step()
+    return {'HF': trainer.optimizer.step}
+
+
+def main() -> None:
+    args = parse_args(rounds=5, steps=5)
+    jax_worker, hf_worker = Worker(args.threads, build_jax), Worker(args.threads, build_hf)
+    print(f'# {load_note()}, threads {args.threads}; {args.rounds} interleaved rounds x {args.steps} updates',
+          flush=True)
+    times = interleaved({'ours': (jax_worker, 'ours'), 'optax': (jax_worker, 'optax'), 'HF': (hf_worker, 'HF'),
+                         'gemm': (jax_worker, 'gemm')}, args.rounds, args.steps)
+    jax_worker.close()
+    hf_worker.close()
+    print(f'# {load_note()}; {peak_note(times["gemm"])}')
+    ours, reference, hf = times['ours'], times['optax'], times['HF']
+    print(f'update: ours {ours * 1e3:.1f} ms, optax {reference * 1e3:.1f} ms, HF {hf * 1e3:.1f} ms; '
+          f'ratio ours/HF {ours / hf:.2f}, ours/optax {ours / reference:.2f}')
+
+
+if __name__ == '__main__':
+    main()
