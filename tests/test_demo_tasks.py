@@ -4,6 +4,7 @@ import re
 
 import pytest
 import seqio
+import sentencepiece as spm
 
 import tasks.demo as demo
 from tasks.demo import corpus, families, lexicon
@@ -36,10 +37,18 @@ def test_a_modified_corpus_is_refused(tmp_path, monkeypatch):
         corpus.load_corpus.cache_clear()
 
 
-def test_demo_vocabulary_is_pinned(tmp_path):
-    path = demo.train_demo_vocabulary(str(tmp_path / "spm"), vocab_size=900)
+def test_demo_vocabulary_is_pinned_and_is_what_training_gives(tmp_path):
+    with open(demo.VOCABULARY_PATH, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == demo.VOCABULARY_SHA256
+    installed = demo.install_demo_vocabulary(str(tmp_path / "runs" / "spm.model"))
+    with open(installed, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == demo.VOCABULARY_SHA256
+    path = demo.train_demo_vocabulary(str(tmp_path / "spm"))  # the test environment pins sentencepiece < 0.2.3
     with open(path.removesuffix(".model") + ".vocab", "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == VOCAB_SHA256
+    shipped, trained = (spm.SentencePieceProcessor(model_file=p) for p in (demo.VOCABULARY_PATH, path))
+    assert shipped.get_piece_size() == trained.get_piece_size() == 821
+    assert all(shipped.id_to_piece(i) == trained.id_to_piece(i) for i in range(821))
 
 
 def _reference_label(name, ex):

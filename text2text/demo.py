@@ -72,7 +72,6 @@ def run_demo(
     model: EncoderDecoderModel,
     vocab_path: str,
     model_dir: str = "runs/demo",
-    vocab_size: int = 900,
     train_steps: int = 800,
     feature_lengths: Mapping[str, int] = {"inputs": 48, "targets": 16},
     learning_rate: float = 1e-2,
@@ -85,13 +84,13 @@ def run_demo(
 
     Trains `model` from scratch on tasks.demo.TRAIN_MIXTURE for `train_steps` (Adafactor, constant
     `learning_rate` after a linear warmup), evaluates tasks.demo.EVAL_MIXTURE at the last step and prints the
-    family table. Writes the vocabulary to `vocab_path` (trained if missing) and the model to
+    family table. Writes the vocabulary to `vocab_path` (the shipped one, if missing) and the model to
     `model_dir`/base (checkpoints, config.gin, metrics.jsonl, loss.png, TensorBoard events).
     """
     start = time.perf_counter()
     if not os.path.isfile(vocab_path):
-        trained = demo_tasks.train_demo_vocabulary(vocab_path.removesuffix(".model"), vocab_size=vocab_size)
-        print(f"trained a {vocab_size}-piece SentencePiece vocabulary on the demo corpus and tasks: {trained}")
+        demo_tasks.install_demo_vocabulary(vocab_path)
+        print(f"copied the demo's pinned SentencePiece vocabulary ({demo_tasks.VOCABULARY_PATH}) to {vocab_path}")
     base_dir = os.path.join(model_dir, "base")
     results = _eval_results(base_dir, train_steps)
     if results:

@@ -1,6 +1,7 @@
 """Offline demo tasks: a generated pre-training corpus and eight prompted task families (T0/FLAN in miniature).
 
-Registers, with the shared lazy vocabulary of tasks.vocab (point it at `train_demo_vocabulary`'s model first):
+Registers, with the shared lazy vocabulary of tasks.vocab (point it at the demo's vocabulary first: the pinned
+`spm.model` shipped here, which `install_demo_vocabulary` copies, made by `train_demo_vocabulary`):
 - `demo_corpus_span_corruption`: T5 span corruption on the shipped corpus (tasks/demo/corpus.txt);
 - `demo_<family>` for each training family: its train and validation splits, each example under one of the
   family's training templates (chosen per example, seeded), target = the answer text, exact-match accuracy;
@@ -14,7 +15,10 @@ Registers, with the shared lazy vocabulary of tasks.vocab (point it at `train_de
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import random
+import shutil
 from typing import Dict, List, Sequence, Tuple
 
 import seqio
@@ -24,12 +28,16 @@ from tasks import c4, custom, metrics, prompting, vocab
 from tasks.demo import corpus, families
 from tasks.demo.families import FAMILIES, FAMILY_BY_NAME, Family
 from tasks.mixtures import proportional, register_mixture
+from text2text.errors import UserError
 
 PRETRAINING_TASK_NAME = "demo_corpus_span_corruption"
 TRAIN_MIXTURE = "demo_multitask"
 EVAL_MIXTURE = "demo_eval"
 MIXING_RATE_CAP = 3000  # examples-proportional mixing limit K: no task gets a larger rate
 FEW_SHOT_K = 64
+VOCABULARY_PATH = os.path.join(os.path.dirname(__file__), "spm.model")
+VOCABULARY_SHA256 = "452fc64fdef7a3cfdd1c7a416e9b77dbedfec4f8f8afa675dae15715598b956a"
+VOCABULARY_SIZE = 900
 
 
 def training_task_name(family: Family) -> str:
@@ -88,9 +96,32 @@ def vocabulary_corpus() -> List[str]:
     return texts
 
 
-def train_demo_vocabulary(output_prefix: str, vocab_size: int = 2000) -> str:
-    """Trains the demo's SentencePiece model on `vocabulary_corpus()`; returns the .model path."""
+def train_demo_vocabulary(output_prefix: str, vocab_size: int = VOCABULARY_SIZE) -> str:
+    """Trains a SentencePiece model on `vocabulary_corpus()`; returns the .model path.
+
+    With sentencepiece 0.2.0-0.2.2 and the default size this gives the pieces of the shipped VOCABULARY_PATH
+    (821 pieces: the corpus has fewer words than VOCABULARY_SIZE); other sentencepiece releases train other
+    pieces from the same text, which is why the demo ships its model instead of training it.
+    """
     return vocab.train_sentencepiece(vocabulary_corpus(), output_prefix, vocab_size=vocab_size)
+
+
+def install_demo_vocabulary(path: str) -> str:
+    """Copies the shipped, checksum-pinned demo SentencePiece model to `path` (folders created); returns `path`.
+
+    Raises UserError if the shipped file is missing or differs from VOCABULARY_SHA256.
+    """
+    try:
+        with open(VOCABULARY_PATH, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except OSError as exc:
+        raise UserError(f"demo vocabulary {VOCABULARY_PATH} cannot be read: {exc.strerror}") from exc
+    if digest != VOCABULARY_SHA256:
+        raise UserError(f"demo vocabulary {VOCABULARY_PATH} has SHA-256 {digest}, expected {VOCABULARY_SHA256}; "
+                        "restore it with `git checkout -- tasks/demo/spm.model`")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    shutil.copyfile(VOCABULARY_PATH, path)
+    return path
 
 
 def _corpus_dataset(split: str, shuffle_files: bool, seed=None):
