@@ -387,8 +387,8 @@ def train(
         finally:
             preemption.uninstall()
         host = timer.summary(max(int(run.state.step) - start_step - 1, 0), HOST_OVERHEAD_PHASES)
-        logging.getLogger(__name__).info("host time per phase (s): %s; host overhead %.1f%% of the loop",
-                                         host["seconds"], 100 * host["overhead_fraction"])
+        logging.getLogger(__name__).debug("host time per phase (s): %s; host overhead %.1f%% of the loop",
+                                          host["seconds"], 100 * host["overhead_fraction"])
         run.manager.wait_until_finished()
         run.manager.close()
         run.metrics_log.close()
