@@ -29,13 +29,15 @@ def example_counts(count: int, splits_by_source: Mapping[str, Sequence[str]]):
             raise KeyError(split)
         return count
 
-    originals = seqio.TfdsDataSource.splits, seqio.TfdsDataSource.num_input_examples
+    originals = seqio.TfdsDataSource.splits, seqio.TfdsDataSource.num_input_examples, seqio.Task.cache_dir
     seqio.TfdsDataSource.splits = property(splits)
     seqio.TfdsDataSource.num_input_examples = num_input_examples
+    # No task counts as cached here: a cache another test left behind would give its stats instead of `count`.
+    seqio.Task.cache_dir = property(lambda self: None)
     try:
         yield
     finally:
-        seqio.TfdsDataSource.splits, seqio.TfdsDataSource.num_input_examples = originals
+        seqio.TfdsDataSource.splits, seqio.TfdsDataSource.num_input_examples, seqio.Task.cache_dir = originals
 
 
 def mixture_rates(mixture) -> Dict[str, Any]:

@@ -59,7 +59,7 @@ def cache_dir(tmp_path_factory):
         seqio.MixtureRegistry.remove(MIXTURE)
     seqio.MixtureRegistry.add(MIXTURE, [(TASK, 1.0)])
     directory = str(tmp_path_factory.mktemp('cache'))
-    previous = seqio.utils.get_global_cache_dirs()
+    previous = list(seqio.utils.get_global_cache_dirs())  # seqio appends to (and returns) its own list
     assert cache.main([f'--tasks={MIXTURE}', f'--output_cache_dir={directory}', '--min_shards=3',
                        '--runner=DirectRunner']) == 0
     seqio.add_global_cache_dirs([directory])
@@ -213,12 +213,13 @@ def _run_readme_command(command, output_cache_dir, cached_tasks):
 @pytest.fixture
 def cached_tasks():
     """A list for the tasks a test caches; afterwards seqio forgets their caches and the cache dirs they added."""
-    previous = seqio.utils.get_global_cache_dirs()
+    previous = list(seqio.utils.get_global_cache_dirs())  # seqio appends to (and returns) its own list
     tasks = []
     yield tasks
     seqio.set_global_cache_dirs(previous)
-    for task in tasks:
+    for task in tasks:  # forget where each cache was found and the stats read from it (mixture rates use them)
         task._cache_dir = None
+        task._stats = {}
 
 
 def test_readme_dataflow_task_caches_on_mock_data(spm_model, tmp_path, cached_tasks):

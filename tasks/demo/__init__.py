@@ -99,7 +99,7 @@ def vocabulary_corpus() -> List[str]:
 def train_demo_vocabulary(output_prefix: str, vocab_size: int = VOCABULARY_SIZE) -> str:
     """Trains a SentencePiece model on `vocabulary_corpus()`; returns the .model path.
 
-    With sentencepiece 0.2.0-0.2.2 and the default size this gives the pieces of the shipped VOCABULARY_PATH
+    With sentencepiece 0.2.2 (the test extra pins < 0.2.3) and the default size this gives the pieces of the shipped VOCABULARY_PATH
     (821 pieces: the corpus has fewer words than VOCABULARY_SIZE); other sentencepiece releases train other
     pieces from the same text, which is why the demo ships its model instead of training it.
     """

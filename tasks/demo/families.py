@@ -44,10 +44,6 @@ class Family:
     def train_templates(self) -> Tuple[Template, ...]:
         return () if self.held_out else self.templates[:len(self.templates) - self.held_out_templates]
 
-    @property
-    def eval_templates(self) -> Tuple[Template, ...]:
-        return self.templates if self.held_out else self.templates[len(self.templates) - self.held_out_templates:]
-
     def target(self, example: Example) -> str:
         """The target text of an example: its class's label words, or the generated answer."""
         return self.verbalizer.word(example["label"]) if self.verbalizer else example["label"]
