@@ -1,4 +1,4 @@
-"""Prompt-based learning: cloze templates, verbalizers, rank classification, demonstrations, multi-template mixtures.
+"""The pattern-verbalizer core: cloze templates, verbalizers, rank classification, demonstrations, prompted tasks.
 
     template = Template("{sentence} It was <extra_id_0>.")           # targets: "<extra_id_0> {label} <extra_id_1>"
     verbalizer = Verbalizer({"pos": "great", "neg": "not good"})     # label words may span several tokens
@@ -322,11 +322,3 @@ def rank_classify(model: Any, params: Any, inputs: Sequence[str], label_texts: S
     scores_matrix = np.asarray(scores).reshape(len(inputs), len(label_texts))
     ranked = scores_matrix / np.asarray(lengths).reshape(scores_matrix.shape) if length_normalize else scores_matrix
     return np.argmax(ranked, axis=1), scores_matrix
-
-
-__all__ = ["Template", "Verbalizer", "PromptedDataset", "in_memory_source", "prompted_examples",
-           "rank_classification_examples",
-           "sample_demonstrations", "add_demonstrations", "rank_predictions", "rank_classification_metric",
-           "rank_classification_postprocessor", "prepend_task_index", "register_prompted_task",
-           "register_rank_classification_task", "register_multi_template_mixture", "label_token_ids",
-           "text_token_ids", "rank_classify"]

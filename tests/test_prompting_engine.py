@@ -1,0 +1,61 @@
+"""The few-shot engine: rank-classification class scores, the KL training loss, compiled-program reuse."""
+import jax
+import numpy as np
+import pytest
+
+from prompting_fixtures import prompt_model, toy_examples
+from tasks.prompting import Template, Verbalizer, engine
+from text2text.errors import UserError
+
+TEMPLATE = Template("{text} It was <extra_id_0>.")
+VERBALIZER = Verbalizer({"positive": "great", "negative": "terrible"})
+
+
+def toy_task(examples=None):
+    examples = examples or toy_examples()
+    return engine.ClassTask([TEMPLATE.format_inputs(ex) for ex in examples],
+                            [TEMPLATE.format_targets(w) for _, w in VERBALIZER.words],
+                            [VERBALIZER.index(ex["label"]) for ex in examples])
+
+
+def test_class_scores_are_the_model_score_of_each_pair():
+    pm = prompt_model()
+    params = engine.init_params(pm, seed=0)
+    task = toy_task()
+    scores = engine.class_log_likelihoods(pm, params, task.inputs[:3], task.class_targets)
+    assert scores.shape == (3, 2)
+    enc = pm.tokens([task.inputs[1]], pm.feature_lengths["inputs"])
+    dec = pm.tokens([task.class_targets[1]], pm.feature_lengths["targets"])
+    direct = float(pm.model.score_batch(params, pm.pair_batch(enc, dec))[0])
+    assert scores[1, 1] == pytest.approx(direct, rel=1e-5)
+    probs = engine.class_probabilities(pm, params, task.inputs[:3], task.class_targets, temperature=2.0)
+    assert np.allclose(probs.sum(axis=1), 1.0)
+    assert np.allclose(np.log(probs[:, 0] / probs[:, 1]), (scores[:, 0] - scores[:, 1]) / 2.0)
+
+
+def test_training_fits_the_toy_task_and_the_loss_is_the_kl():
+    pm = prompt_model()
+    params = engine.init_params(pm, seed=0)
+    task = toy_task()
+    before = engine.accuracy(pm, params, task)
+    result = engine.train(pm, params, task, steps=40, batch_size=8, tx=engine.default_optimizer(1e-2), seed=0)
+    assert result.losses.shape == (40,) and np.array_equal(result.losses, result.kl)
+    assert result.losses[-5:].mean() < 0.5 * result.losses[:5].mean()
+    assert engine.accuracy(pm, result.params, task) == 100.0 > before
+    # The loss of a one-hot label is the cross-entropy; of soft labels, the KL to them.
+    log_probs = jax.nn.log_softmax(np.log(np.array([[0.2, 0.8], [0.6, 0.4]])))
+    assert float(engine.kl_to_targets(log_probs, np.array([[0.0, 1.0], [1.0, 0.0]]))) == pytest.approx(
+        -(np.log(0.8) + np.log(0.6)) / 2, rel=1e-6)
+    soft = np.array([[0.5, 0.5], [0.25, 0.75]])
+    expected = np.mean(np.sum(soft * (np.log(soft) - np.asarray(log_probs)), axis=1))
+    assert float(engine.kl_to_targets(log_probs, soft)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_bad_training_input_is_one_user_error():
+    pm = prompt_model()
+    with pytest.raises(UserError, match="class indices"):
+        engine.ClassTask(["a"], ["x", "y"], [2])
+    with pytest.raises(UserError, match="no training examples"):
+        engine.train(pm, engine.init_params(pm), engine.ClassTask([], ["x", "y"], np.zeros((0, 2))), steps=1)
+    with pytest.raises(UserError, match="class target '' encodes to no tokens"):
+        engine.class_log_likelihoods(pm, engine.init_params(pm), ["a"], ["", "x"])
