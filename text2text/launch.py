@@ -29,12 +29,13 @@ MODES = {
     "score": ("text2text.modes", "score_checkpoint"),
     "demo": ("text2text.demo", "run_demo"),
     "export": ("text2text.export", "export_checkpoint"),
+    "fewshot": ("tasks.prompting.fewshot", "run_fewshot"),
 }
 
 USAGE = """usage: .venv/bin/python run.py --gin_file=FILE [--gin_file=FILE ...] [--gin.KEY=VALUE ...]
                                [--gin_search_paths=DIR[,DIR...]] [--verbose] [--debug]
 
-Runs the mode a gin file selects (train, eval, infer, score, demo, export), e.g.
+Runs the mode a gin file selects (train, eval, infer, score, demo, export, fewshot), e.g.
   .venv/bin/python run.py --gin_file=gin_configs/demo.gin
   .venv/bin/python run.py --gin_file=glue/t5_1_1_small_finetune.gin --gin.MODEL_DIR='"/tmp/glue"'
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from tasks.prompting import engine
 from tasks.prompting.core import Example, Template, Verbalizer
+from text2text import peft
 from text2text.errors import UserError
 
 
@@ -74,6 +75,21 @@ class Setting:
     learning_rate: float = 1e-3
 
 
+def params_for(setting: Setting, prompt_model: engine.PromptModel, seed: int = 0) -> Any:
+    """Params of `prompt_model` (the base or a PEFT/classifier variant of it) starting from the setting's base:
+    read from setting.checkpoint when there is one, else setting.base_params put into the new model's tree
+    (extra leaves, e.g. PEFT parameters or a classifier head, keep their `seed` initialisation)."""
+    if prompt_model is setting.base:
+        return setting.base_params
+    if setting.checkpoint is not None:
+        return engine.init_params(prompt_model, setting.checkpoint, seed)
+    params = engine.init_params(prompt_model, seed=seed)
+    config = prompt_model.model.config
+    if config.peft is None:
+        return setting.base_params
+    return peft.with_base_params(params, setting.base_params, config, seed)
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodResult:
     """A method's test metric (percent accuracy) and what else it reports (chosen template, label words, ...)."""
@@ -99,4 +115,4 @@ def details(**values: Any) -> Dict[str, Any]:
     return out
 
 
-__all__ = ["Problem", "FewShotData", "Setting", "MethodResult", "evaluate", "details"]
+__all__ = ["Problem", "FewShotData", "Setting", "MethodResult", "evaluate", "params_for", "details"]

@@ -1,10 +1,12 @@
-"""Linear probing: a linear classifier on the mean-pooled (or first-token) output of the frozen T5 encoder.
+"""Linear probing: a linear classifier on the mean-pooled (or first-token) output of the frozen T5 encoder (or,
+with LinearProbeConfig.train_encoder, of a trained one: standard fine-tuning with a classification head).
 
 `LinearProbeModel` speaks the EncoderDecoderModel interface the trainer and evaluator use: classes are the
 label texts of a classification task (T5Config.peft.linear_probe.label_token_ids), the class of a batch row
 is read from its decoder_target_tokens, and predict_batch writes the predicted class's tokens, so seqio
 postprocessors and metrics work unchanged. The params hold the whole base T5 (so base checkpoints load as
-they are) plus `probe/{kernel,bias}`; gradients stop at the encoder output. Batches must be unpacked.
+they are) plus `probe/{kernel,bias}`; gradients stop at the encoder output unless train_encoder. Batches must
+be unpacked.
 """
 from __future__ import annotations
 
@@ -45,8 +47,10 @@ class ProbeTransformer(Transformer):
         self.probe = ProbeHead(len(self.config.peft.linear_probe.label_token_ids))
 
     def classify(self, encoder_input_tokens: jax.Array) -> jax.Array:
-        """Class logits [b, classes] from the frozen encoder (dropout off)."""
-        encoded = jax.lax.stop_gradient(self.encode(encoder_input_tokens, enable_dropout=False))
+        """Class logits [b, classes] from the encoder (dropout off; frozen unless train_encoder)."""
+        encoded = self.encode(encoder_input_tokens, enable_dropout=False)
+        if not self.config.peft.linear_probe.train_encoder:
+            encoded = jax.lax.stop_gradient(encoded)
         if self.config.peft.linear_probe.pooling == 'first':
             pooled = encoded[:, 0]
         else:

@@ -26,9 +26,14 @@ METHODS = ('prompt_tuning', 'prefix_tuning', 'adapters', 'lora', 'bitfit', 'line
 
 @dataclasses.dataclass(frozen=True)
 class LinearProbeConfig:
-    """Linear classifier on the pooled frozen encoder: class label token ids (targets as tokenized, no EOS)."""
+    """Linear classifier on the pooled encoder: class label token ids (targets as tokenized, no EOS).
+
+    train_encoder=False (linear probing) stops gradients at the encoder output; True lets them through, which
+    with an unmasked optimizer is standard fine-tuning with a classification head (LM-BFF's baseline).
+    """
     label_token_ids: tuple = ()
     pooling: str = 'mean'
+    train_encoder: bool = False
 
     def __post_init__(self):
         ids = tuple(tuple(int(i) for i in row) for row in self.label_token_ids)

@@ -1,0 +1,149 @@
+"""The few-shot harness (LM-BFF's protocol, Gao et al. 2021, sec. 3): for each seed, sample K labelled examples
+per class to train on and K per class as dev from a problem's pool, run every method on the same sample, and
+report the test accuracy's mean and standard deviation over the seeds (5 seeds: 13, 21, 42, 87, 100).
+
+`run_fewshot` is the `fewshot` run mode (gin_configs/prompting/*.gin):
+
+    .venv/bin/python run.py --gin_file=prompting/demo_fewshot.gin
+
+It prints a progress line per (method, seed), then a table of mean ± std, and writes every result (per seed,
+with each method's details) as JSON to `output_path` (written to a temporary file, then renamed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+from tasks import vocab as vocab_lib
+from tasks.prompting import engine
+from tasks.prompting.methods import get_method
+from tasks.prompting.problem import FewShotData, Problem, Setting
+from tasks.prompting.problems import get_problem
+from text2text.errors import UserError
+
+SEEDS = (13, 21, 42, 87, 100)
+
+
+def sample_few_shot(problem: Problem, pool: Sequence[Mapping[str, Any]], test: Sequence[Mapping[str, Any]], k: int,
+                    seed: int, num_unlabelled: int = 0, num_test: Optional[int] = None) -> FewShotData:
+    """K examples per class for train and K more per class for dev (disjoint, random.Random(seed)), up to
+    `num_unlabelled` of the pool's other examples as unlabelled data, and the first `num_test` test examples.
+
+    Raises UserError naming the class when a class has fewer than 2K examples in the pool.
+    """
+    if k < 1:
+        raise UserError(f"few-shot problem {problem.name!r}: K must be >= 1, got {k}")
+    rng = random.Random(seed)
+    train: List[Mapping[str, Any]] = []
+    dev: List[Mapping[str, Any]] = []
+    chosen = set()
+    for cls in problem.verbalizer.classes:
+        members = [i for i, ex in enumerate(pool) if ex[problem.label_key] == cls]
+        if len(members) < 2 * k:
+            raise UserError(f"few-shot problem {problem.name!r}: K={k} per class for train and dev needs {2 * k} "
+                            f"examples of class {cls!r}; the pool has {len(members)}")
+        picked = rng.sample(members, 2 * k)
+        train += [pool[i] for i in picked[:k]]
+        dev += [pool[i] for i in picked[k:]]
+        chosen.update(picked)
+    rng.shuffle(train)
+    rng.shuffle(dev)
+    rest = [ex for i, ex in enumerate(pool) if i not in chosen]
+    unlabelled = rng.sample(rest, min(num_unlabelled, len(rest)))
+    return FewShotData(tuple(train), tuple(dev), tuple(unlabelled), tuple(test[:num_test]))
+
+
+def summarize(accuracies: Sequence[float]) -> Dict[str, float]:
+    """{"mean", "std"}: the mean and the sample standard deviation (0 for a single seed), in percent."""
+    std = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+    return {"mean": statistics.fmean(accuracies), "std": std}
+
+
+def run_methods(setting: Setting, problem_name: str, methods: Sequence[str], k: int = 16,
+                seeds: Sequence[int] = SEEDS, num_unlabelled: int = 0, num_test: Optional[int] = None,
+                method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                progress: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Runs each method on each seed's sample; returns {"problem", "k", "seeds", "methods": {name: {"mean",
+    "std", "accuracies", "seconds", "details"}}}. `method_options` maps a method name to keyword options.
+    Unknown methods raise UserError before anything runs."""
+    entry = get_problem(problem_name)
+    options = dict(method_options or {})
+    unknown_options = sorted(set(options) - set(methods))
+    if unknown_options:
+        raise UserError(f"method_options for {unknown_options}, which are not among the methods {list(methods)}")
+    functions = {name: get_method(name) for name in methods}
+    data = {seed: sample_few_shot(entry.problem, entry.pool, entry.test, k, seed, num_unlabelled, num_test)
+            for seed in seeds}
+    out: Dict[str, Any] = {"problem": problem_name, "k": k, "seeds": list(seeds), "methods": {}}
+    total, done = len(methods) * len(seeds), 0
+    for name in methods:
+        rows = {"accuracies": [], "seconds": [], "details": []}
+        for seed in seeds:
+            start = time.perf_counter()
+            result = functions[name](setting, entry.problem, data[seed], seed, **options.get(name, {}))
+            seconds = time.perf_counter() - start
+            done += 1
+            rows["accuracies"].append(result.accuracy)
+            rows["seconds"].append(seconds)
+            rows["details"].append(dict(result.details))
+            progress(f"fewshot [{done}/{total}] {problem_name} {name} seed {seed}: accuracy {result.accuracy:.1f} "
+                     f"({seconds:.0f} s)")
+        out["methods"][name] = {**summarize(rows["accuracies"]), **rows}
+    return out
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """Plain-text table: method | mean ± std | per-seed accuracies | seconds per seed."""
+    lines = [("method", "accuracy (mean ± std)", "per seed", "s/seed")]
+    for name, row in results["methods"].items():
+        lines.append((name, f"{row['mean']:.1f} ± {row['std']:.1f}", " ".join(f"{a:.1f}" for a in row["accuracies"]),
+                      f"{statistics.fmean(row['seconds']):.0f}"))
+    widths = [max(len(line[c]) for line in lines) for c in range(4)]
+    out = [" | ".join(f"{v:<{w}}" for v, w in zip(line, widths)) for line in lines]
+    out.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def write_json(path: str, value: Any) -> None:
+    """Writes `value` as JSON to `path` atomically (a temporary file in the same directory, then a rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".fewshot-", suffix=".json")
+    try:
+        with os.fdopen(handle, "w") as f:
+            json.dump(value, f, indent=1, default=str)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def run_fewshot(model: Any, problem: str, methods: Sequence[str], output_path: str,
+                feature_lengths: Mapping[str, int], checkpoint: Optional[str] = None, k: int = 16,
+                seeds: Sequence[int] = SEEDS, steps: int = 100, batch_size: int = 8, learning_rate: float = 1e-3,
+                num_unlabelled: int = 0, num_test: Optional[int] = None, scoring_batch_size: int = 64,
+                method_options: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, Any]:
+    """The `fewshot` mode: loads the base (`model` with params from `checkpoint`, random without one), runs
+    `methods` (names in tasks.prompting.methods) on `problem` (tasks.prompting.problems) over `seeds` at K per
+    class, prints progress and the table, writes the JSON to `output_path` and returns it.
+
+    steps/batch_size/learning_rate: each training run's budget (examples per step) and full fine-tuning's rate;
+    feature_lengths: {"inputs", "targets"} token lengths of a prompt and of a class's target text.
+    """
+    base = engine.PromptModel(model, vocab_lib.get_default_vocabulary(), dict(feature_lengths), scoring_batch_size)
+    setting = Setting(base, engine.init_params(base, checkpoint), checkpoint, steps, batch_size, learning_rate)
+    print(f"few-shot {problem}: K={k} per class, seeds {list(seeds)}, {len(methods)} method(s), {steps} steps of "
+          f"{batch_size} examples each; base {checkpoint or '(random init)'}")
+    results = run_methods(setting, problem, methods, k, seeds, num_unlabelled, num_test, method_options)
+    print(format_table(results))
+    write_json(output_path, results)
+    print(f"wrote {output_path}")
+    return results
+
+
+__all__ = ["SEEDS", "sample_few_shot", "summarize", "run_methods", "format_table", "write_json", "run_fewshot"]

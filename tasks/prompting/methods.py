@@ -1,0 +1,30 @@
+"""The few-shot methods by name, each `method(setting, problem, data, seed, **options) -> MethodResult`
+(tasks.prompting.problem); the harness (tasks.prompting.fewshot) and gin files name them here."""
+from __future__ import annotations
+
+import difflib
+import functools
+from typing import Callable, Dict
+
+from tasks.prompting import baselines
+from text2text.errors import UserError
+
+Method = Callable[..., "baselines.MethodResult"]
+
+METHODS: Dict[str, Method] = {
+    "zero_shot": baselines.zero_shot,
+    "fine_tuning": baselines.fine_tuning,
+    **{name: functools.partial(baselines.peft_prompt_finetune, method=name) for name in baselines.PEFT_METHODS},
+}
+
+
+def get_method(name: str) -> Method:
+    """The method registered as `name`; UserError naming the closest names otherwise."""
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, METHODS, n=3)
+        raise UserError(f"unknown few-shot method {name!r}; " + (f"did you mean {', '.join(close)}?" if close else
+                                                                 f"expected one of {', '.join(METHODS)}"))
+    return METHODS[name]
+
+
+__all__ = ["METHODS", "get_method"]

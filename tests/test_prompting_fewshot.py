@@ -1,0 +1,91 @@
+"""The few-shot harness: per-seed K-per-class sampling, every method on the same samples, mean ± std, the JSON
+and table of the `fewshot` run mode, and its one-line errors."""
+import json
+
+import gin
+import pytest
+
+import tasks.demo as demo_tasks
+from prompting_fixtures import toy_examples
+from tasks.prompting import Template, Verbalizer, fewshot
+from tasks.prompting.problem import Problem
+from tasks.prompting.problems import get_problem, register_problem
+from text2text import launch
+from text2text.errors import UserError
+
+PROBLEM = Problem("toy_reviews", (Template("{text} It was <extra_id_0>.", ),),
+                  Verbalizer({"positive": "great", "negative": "terrible"}), ("text",))
+
+
+@pytest.fixture(scope="module")
+def toy_problem():
+    return register_problem(PROBLEM, toy_examples(40), toy_examples(12))
+
+
+def test_samples_k_per_class_disjoint_and_seeded(toy_problem):
+    entry = toy_problem
+    data = fewshot.sample_few_shot(entry.problem, entry.pool, entry.test, k=4, seed=13, num_unlabelled=10)
+    for split in (data.train, data.dev):
+        assert sorted(ex["label"] for ex in split) == ["negative"] * 4 + ["positive"] * 4
+    ids = [id(ex) for ex in data.train + data.dev + data.unlabelled]
+    assert len(ids) == len(set(ids)) == 8 + 8 + 10
+    again = fewshot.sample_few_shot(entry.problem, entry.pool, entry.test, k=4, seed=13, num_unlabelled=10)
+    other = fewshot.sample_few_shot(entry.problem, entry.pool, entry.test, k=4, seed=21, num_unlabelled=10)
+    assert again == data and other.train != data.train
+    with pytest.raises(UserError, match="K=11 .* class 'positive'; the pool has 20"):
+        fewshot.sample_few_shot(entry.problem, entry.pool, entry.test, k=11, seed=13)
+
+
+def test_summary_is_mean_and_sample_std():
+    assert fewshot.summarize([90.0, 92.0, 94.0]) == {"mean": 92.0, "std": 2.0}
+    assert fewshot.summarize([70.0]) == {"mean": 70.0, "std": 0.0}
+
+
+def _main(*args):
+    gin.clear_config()
+    try:
+        return launch.main(list(args))
+    finally:
+        gin.clear_config()
+
+
+FLAGS = ["--gin_file=models/tiny.gin", "--gin_file=prompting/fewshot.gin",
+         f"--gin.vocab.sentencepiece_model_path.path='{demo_tasks.VOCABULARY_PATH}'",
+         "--gin.config.get_config.vocab_size=1024", "--gin.PROBLEM='toy_reviews'", "--gin.K=2", "--gin.SEEDS=[13, 21]",
+         "--gin.STEPS=2", "--gin.BATCH_SIZE=2", "--gin.FEATURE_LENGTHS={'inputs': 16, 'targets': 6}"]
+
+
+def test_fewshot_mode_prints_progress_and_table_and_writes_json(toy_problem, tmp_path, capsys):
+    out = tmp_path / "fewshot.json"
+    assert _main(*FLAGS, f"--gin.OUTPUT_PATH='{out}'", "--gin.METHODS=['zero_shot', 'fine_tuning', 'lora']") == 0
+    printed = capsys.readouterr().out
+    assert "fewshot [6/6] toy_reviews lora seed 21: accuracy" in printed and f"wrote {out}" in printed
+    results = json.loads(out.read_text())
+    assert results["seeds"] == [13, 21] and list(results["methods"]) == ["zero_shot", "fine_tuning", "lora"]
+    for name, row in results["methods"].items():
+        assert len(row["accuracies"]) == 2 and all(0 <= a <= 100 for a in row["accuracies"])
+        assert row["mean"] == pytest.approx(sum(row["accuracies"]) / 2)
+        assert f"{name} " in printed and f"{row['mean']:.1f} ± {row['std']:.1f}" in printed
+    # zero-shot trains nothing: both seeds score the same base on the same test set.
+    assert len(set(results["methods"]["zero_shot"]["accuracies"])) == 1
+    assert results["methods"]["lora"]["details"][0]["trainable_params"] > 0
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--gin.METHODS=['lorra']", "unknown few-shot method 'lorra'; did you mean lora"),
+    ("--gin.K=30", "K=30 per class for train and dev needs 60 examples of class"),
+    ("--gin.PROBLEM='toy_review'", "no few-shot problem 'toy_review'; did you mean toy_reviews"),
+])
+def test_bad_input_is_one_error_line_and_nothing_written(toy_problem, tmp_path, capsys, flag, message):
+    out = tmp_path / "fewshot.json"
+    assert _main(*FLAGS, f"--gin.OUTPUT_PATH='{out}'", flag) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not out.exists()
+
+
+def test_demo_families_are_registered_problems():
+    entry = get_problem("demo_review_sentiment")
+    assert entry.problem.text_fields == ("review",) and len(entry.problem.templates) == 3
+    assert len(entry.pool) == 3000 and len(entry.test) == 200
+    assert get_problem("demo_sentence_topic").problem.verbalizer.classes == ("food", "music", "sports", "weather")
