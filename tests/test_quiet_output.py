@@ -21,6 +21,7 @@ NOISE = [
     r"All log messages before absl::InitializeLog\(\)",
     r"Could not find cuda drivers",
     r"Using an uncached FunctionDataset",
+    r"not cached so using number of input examples",
     r"'logger_cls' is empty so seqio\.Evaluator will not log its results",
     r"^[IWE]\d{4} [\d:.]+ +\d+ \S+\.cc:\d+\]",  # any native INFO/WARNING/ERROR line
     r"Traceback",
@@ -54,6 +55,8 @@ def test_verbose_shows_the_library_chatter(verbose, capsys):
     console.configure_logging(verbose)
     try:
         logging.getLogger("absl").warning("Using an uncached FunctionDataset for training is not recommended")
+        logging.getLogger("absl").warning("Task 'demo_sort' not cached so using number of input examples instead of "
+                                          "preprocessed examples to compute rate.")
         logging.getLogger().info("system_path_file_exists:models/tiny.gin")
         logging.getLogger("absl").warning("task 'x': skipped 3 bad row(s)")
         logging.getLogger("text2text.trainer").info("resumed from /tmp/m at step 2")
@@ -61,5 +64,6 @@ def test_verbose_shows_the_library_chatter(verbose, capsys):
         console.configure_logging(False)
     err = capsys.readouterr().err
     assert ("Using an uncached FunctionDataset" in err) == verbose
+    assert ("Task 'demo_sort' not cached" in err) == verbose
     assert ("system_path_file_exists" in err) == verbose
     assert "skipped 3 bad row(s)" in err and "resumed from /tmp/m at step 2" in err

@@ -1,7 +1,8 @@
 """What a run prints: our progress and warnings by default, library chatter only with `--verbose`/`--debug`.
 
 Two kinds of chatter are hidden by default. Python log records from libraries that need no action from the
-user (gin's include lookups, seqio's notes on uncached datasets and its evaluator's missing logger) are
+user (gin's include lookups, seqio's notes on uncached datasets and mixing rates, its evaluator's missing
+logger) are
 dropped by a filter on the console handler. TensorFlow's C++ start-up lines (absl's "All log messages
 before absl::InitializeLog()", oneDNN and "Could not find cuda drivers" notes, `failed call to cuInit` on a
 CPU-only machine) are printed from native code while TensorFlow is imported and its devices listed, before
@@ -22,6 +23,7 @@ from typing import Iterator
 LIBRARY_CHATTER = (
     ("", r"^system_path_file_exists:|^Path not found: |^gin-config opened resource file"),  # gin include lookups
     ("absl", r"^Using an uncached FunctionDataset"),  # seqio: a FunctionDataSource cannot be cached
+    ("absl", r"^Task '[^']*' not cached so using number of input examples"),  # seqio's mixing-rate note
     ("absl", r"^'logger_cls' is empty so seqio\.Evaluator will not log its results"),  # we write metrics.jsonl
     ("absl", r"^Given sequence lengths are longer than necessary for some evaluation inputs"),  # seqio's eval hint
     ("absl", r"^CheckpointManagerOptions\.read_only=True, setting save_interval_steps=0|"
