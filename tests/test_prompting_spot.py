@@ -109,3 +109,15 @@ def test_bad_input_is_one_user_error_naming_the_source(setting, library):
         spot.SourceTask("x", toy_examples(2))
     with pytest.raises(UserError, match="no index.json"):
         PromptLibrary.load("/nonexistent/spot")
+
+
+def test_demo_sources_are_the_training_families():
+    classification = spot.demo_sources(4)
+    assert [s.name for s in classification] == ["word_polarity", "word_topic", "entailment"]
+    entailment = classification[2]
+    assert entailment.problem.text_fields == ("premise", "hypothesis") and len(entailment.examples) == 4
+    assert entailment.problem.class_task(entailment.examples).class_targets == ("yes", "no")
+    generative = [s for s in spot.demo_sources(4, generative=True) if s.problem is None]
+    assert [s.name for s in generative] == ["keyword", "sort", "reverse"]
+    example = generative[2].examples[0]
+    assert generative[2].template.format_inputs(example).endswith(example["digits"])
