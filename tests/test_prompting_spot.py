@@ -107,6 +107,8 @@ def test_bad_input_is_one_user_error_naming_the_source(setting, library):
         library.add(source)
     with pytest.raises(UserError, match="source task 'x': give exactly one of"):
         spot.SourceTask("x", toy_examples(2))
+    with pytest.raises(UserError, match="source task 'gen': an example has no target field 'answer'"):
+        spot.SourceTask("gen", toy_examples(2), template=Template("{text}", "{label}"), target_key="answer")
     with pytest.raises(UserError, match="no index.json"):
         PromptLibrary.load("/nonexistent/spot")
 

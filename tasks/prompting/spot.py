@@ -57,6 +57,8 @@ class SourceTask:
                             "template= (generative)")
         if not self.examples:
             raise UserError(f"SPoT source task {self.name!r} has no examples")
+        if self.template is not None and any(self.target_key not in ex for ex in self.examples):
+            raise UserError(f"SPoT source task {self.name!r}: an example has no target field {self.target_key!r}")
 
 
 @functools.lru_cache(maxsize=16)
