@@ -14,7 +14,8 @@ from tasks.prompting.problem import FewShotData, Problem, Setting
 from text2text import peft
 from text2text.errors import UserError
 
-PROBLEM = Problem("toy_reviews", (Template("{text} It was <extra_id_0>."), Template("{text} All in all, <extra_id_0>.")),
+PROBLEM = Problem("toy_reviews",
+                  (Template("{text} It was <extra_id_0>."), Template("{text} All in all, <extra_id_0>.")),
                   Verbalizer({"positive": "great", "negative": "terrible"}), ("text",))
 BATCH = 8
 
@@ -137,3 +138,10 @@ def test_bad_pet_input_is_one_user_error():
         ipet_lib.ipet(setting(), dataclasses.replace(PROBLEM, templates=PROBLEM.templates[:1]), d, seed=0)
     with pytest.raises(UserError, match="weighting 'best'"):
         pet_lib.pattern_weights([], "best")
+    probe = peft.PeftConfig(linear_probe=peft.LinearProbeConfig(((5,), (6,))))
+    config = dataclasses.replace(prompt_model().model.config, peft=probe)
+    setup = pet_lib.PatternSetup(dataclasses.replace(prompt_model(), model=peft.LinearProbeModel(config)), None,
+                                 engine.default_optimizer(), probe)
+    with pytest.raises(UserError, match="linear-probe pattern model has no LM loss"):
+        pet_lib.train_pattern_models(setting(), PROBLEM, setup, [d.train] * 2, seed=0, alpha=0.5,
+                                     unlabelled=d.unlabelled)

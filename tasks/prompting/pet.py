@@ -24,10 +24,10 @@ from tasks.prompting import engine
 from tasks.prompting.core import Example, Template
 from tasks.prompting.problem import FewShotData, MethodResult, Problem, Setting, details, evaluate
 from tasks.span_corruption import MEAN_NOISE_SPAN_LENGTH, NOISE_DENSITY, random_spans_helper
+from tasks.vocab import EOS_ID
 from text2text import peft as peft_lib
 from text2text.errors import UserError
 from text2text.models import EncoderDecoderModel
-from tasks.vocab import EOS_ID
 
 WEIGHTINGS = ("accuracy", "uniform")
 
@@ -190,8 +190,11 @@ def train_pattern_models(setting: Setting, problem: Problem, setup: PatternSetup
     """One model per pattern (problem.templates[i] with the verbalizer), trained from setup.init on
     training_sets[i] (labelled rows, hard labels under problem.label_key) for setting.steps steps of
     setting.batch_size, plus alpha x span corruption of `unlabelled`'s text (PET sec. 3.1). zero_shot[i], when
-    given, is pattern i's accuracy before training; otherwise it is measured on training_sets[i]."""
+    given, is pattern i's accuracy before training; otherwise it is measured on training_sets[i]. UserError for
+    alpha > 0 with a class-head (linear probe) model, which has no LM."""
     lm_batches = None
+    if alpha > 0.0 and setup.prompt_model.has_class_head:
+        raise UserError(f"PET on {problem.name!r}: a linear-probe pattern model has no LM loss; set alpha=0")
     if alpha > 0.0:
         lm_batches = span_corruption_batches(setup.prompt_model, unlabelled_texts(problem, unlabelled),
                                              setting.batch_size, seed)
