@@ -72,7 +72,7 @@ def test_fewshot_mode_prints_progress_and_table_and_writes_json(toy_problem, tmp
 
 
 @pytest.mark.parametrize("flag,message", [
-    ("--gin.METHODS=['lorra']", "unknown few-shot method 'lorra'; did you mean lora"),
+    ("--gin.METHODS=['pett']", "unknown few-shot method 'pett'; did you mean pet"),
     ("--gin.K=30", "K=30 per class for train and dev needs 60 examples of class"),
     ("--gin.PROBLEM='toy_review'", "no few-shot problem 'toy_review'; did you mean toy_reviews"),
 ])

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import string
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+import os
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,8 @@ import optax
 from tasks.prompting import engine
 from tasks.prompting.core import Example, Template
 from tasks.prompting.problem import FewShotData, MethodResult, Problem, Setting, details, evaluate
-from tasks.prompting.spot_library import EmbeddingRecipe, PromptLibrary, SourcePrompt, average_prompt
+from tasks.prompting.problems import template_fields
+from tasks.prompting.spot_library import INDEX, EmbeddingRecipe, PromptLibrary, SourcePrompt, average_prompt
 from text2text.errors import UserError
 from text2text.models import EncoderDecoderModel
 from text2text.peft import PeftConfig, PromptTuningConfig, peft_optimizer, prompt_tuning
@@ -211,16 +212,20 @@ def transfer(setting: Setting, library: PromptLibrary, task: SourceTask, steps: 
 def spot(setting: Setting, problem: Problem, data: FewShotData, seed: int, *,
          library: Union[str, PromptLibrary], prompt_length: Optional[int] = None,
          embedding_steps: Optional[int] = None, learning_rate: float = DEFAULT_LEARNING_RATE,
-         steps: Optional[int] = None) -> MethodResult:
+         steps: Optional[int] = None, demo_library_if_missing: bool = False) -> MethodResult:
     """SPoT as a few-shot method: transfer from `library` (a PromptLibrary or its directory) to `problem`'s K
     training examples, then test accuracy by rank classification under the main pattern.
 
     Options: prompt_length (default: the library's), embedding_steps (the target's short training; default: the
     library's recipe, which keeps its embedding comparable with the sources'), learning_rate (prompt tuning,
     default 0.3), steps (target training, default setting.steps; batch size setting.batch_size).
+    demo_library_if_missing: when `library` is a directory without a library, first build one there from the
+    demo's training families (demo_sources(), prompt length `prompt_length` or 20, setting.steps steps each).
     Details: source (the chosen one), ranking ([name, cosine] best first), prompt_length.
     """
     if not isinstance(library, PromptLibrary):
+        if demo_library_if_missing and not os.path.isfile(os.path.join(library, INDEX)):
+            build_library(setting, demo_sources(), library, length=prompt_length or 20, seed=0)
         library = PromptLibrary.load(library)
     target = SourceTask(problem.name, data.train, problem=problem)
     result = transfer(setting, library, target, setting.steps if steps is None else steps, prompt_length,
@@ -229,10 +234,6 @@ def spot(setting: Setting, problem: Problem, data: FewShotData, seed: int, *,
     accuracy = evaluate(prompt_tuning_model(setting.base, length), result.params, problem, data.test)
     return MethodResult(accuracy, details(source=result.source, prompt_length=length,
                                           ranking=[[name, sim] for name, sim in result.ranking]))
-
-
-def _fields(template: Template) -> Tuple[str, ...]:
-    return tuple(field for _, field, _, _ in string.Formatter().parse(template.inputs) if field)
 
 
 def demo_sources(examples_per_family: int = 256, generative: bool = False) -> Tuple[SourceTask, ...]:
@@ -251,7 +252,7 @@ def demo_sources(examples_per_family: int = 256, generative: bool = False) -> Tu
         if family.verbalizer is None:
             out.append(SourceTask(family.name, examples, template=templates[0]))
         else:
-            fields = tuple(dict.fromkeys(f for t in templates for f in _fields(t)))
+            fields = tuple(dict.fromkeys(f for t in templates for f in template_fields(t)))
             out.append(SourceTask(family.name, examples, Problem(family.name, templates, family.verbalizer, fields)))
     return tuple(out)
 
