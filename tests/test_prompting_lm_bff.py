@@ -24,8 +24,9 @@ def trained_params():
     the sentinel of TEMPLATE, and to fill `{text} <extra_id_0> word <extra_id_1>` with the spans "It was" / "."."""
     pm = prompt_model()
     rows = toy_examples()
-    inputs = [TEMPLATE.format_inputs(ex) for ex in rows] + [f"{ex['text']} <extra_id_0> "
-                                                            f"{VERBALIZER.word(ex['label'])} <extra_id_1>" for ex in rows]
+    pattern = template_search.generation_patterns(["text"])[0]
+    inputs = [TEMPLATE.format_inputs(ex) for ex in rows] + [
+        Template(pattern).format_inputs({**ex, "label_word": VERBALIZER.word(ex["label"])}) for ex in rows]
     targets = [TEMPLATE.format_targets(VERBALIZER.word(ex["label"])) for ex in rows] + [SPANS_TARGET] * len(rows)
     batch = pm.pair_batch(pm.tokens(inputs, 24), pm.tokens(targets, 12))
     tx = optax.adam(1e-2)
@@ -73,9 +74,10 @@ def test_label_search_ranks_first_the_word_the_model_was_trained_to_emit():
 def test_generated_templates_place_the_decoded_spans_where_the_sentinels_were():
     pm, params, rows = prompt_model(), trained_params(), toy_examples()
     generated = template_search.search_templates(pm, params, rows, labels_of(rows), VERBALIZER, ["text"],
-                                                 beam_width=3, max_length=8, num_templates=2)
+                                                 beam_width=3, max_length=7, num_templates=2)
     best = generated[0]
     assert best.spans == ("It was", ".") and best.template == Template("{text} It was <extra_id_0> .")
+    assert best.template.filled(rows[0], "great") == f"{rows[0]['text']} It was great ."
     assert {g.template.inputs[:6] for g in generated} == {"{text}", "It was"}  # both patterns searched
     pair = "{premise} <extra_id_0> {label_word} <extra_id_1> {hypothesis}"
     template = template_search.template_from_spans(pair, ("? {yes}", ","))
@@ -119,6 +121,12 @@ def test_similarity_filter_keeps_the_most_similar_half_of_each_class():
     own = demos.demonstration_pools(train, train, labels, VERBALIZER.classes, ["text"], embedder=embedder,
                                     queries_are_train=True)
     assert all(i not in pool for i, pool in enumerate(own)) and [train[i]["text"] for i in own[0]] == ["f", "b", "c"]
+    # The default embedder: the encoder's states averaged over the non-pad tokens.
+    pm, params = prompt_model(), trained_params()
+    embedded = demos.encoder_embedder(pm, params)(["the food was good", "a"])
+    tokens = pm.tokens(["a"], 24)
+    states = pm.model.module.apply({"params": params}, tokens, enable_dropout=False, method="encode")
+    assert embedded.shape == (2, 32) and np.allclose(embedded[1], np.asarray(states)[0, :2].mean(axis=0), atol=1e-5)
 
 
 def test_inference_averages_class_scores_over_the_demonstration_sets():
@@ -153,7 +161,7 @@ def test_methods_run_end_to_end_and_report_their_choices():
     assert 0.0 <= with_demos.accuracy <= 100.0 and with_demos.details["demo_sets"] == 2
     label = lm_bff.auto_label(setting, problem, data, 0, k=3, n=2, num_finetune=1, search_steps=1)
     assert label.details["verbalizer"] == {"positive": "great", "negative": "terrible"}
-    auto = lm_bff.auto_template(setting, problem, data, 0, beam_width=2, max_length=6, num_templates=1)
+    auto = lm_bff.auto_template(setting, problem, data, 0, beam_width=2, max_length=7, num_templates=1)
     assert auto.details["template"] == auto.details["ranking"][0][0] and len(auto.details["generated"]) == 2
 
 

@@ -114,11 +114,11 @@ def demonstration_pools(queries: Sequence[Example], train: Sequence[Example], tr
 
 
 def demonstration_inputs(queries: Sequence[Example], train: Sequence[Example], pools: Sequence[np.ndarray],
-                         template: Template, verbalizer: Verbalizer, num_sets: int, seed: int = 0, k: int = 1,
+                         template: Template, verbalizer: Verbalizer, num_sets: int, seed: Any = 0, k: int = 1,
                          label_key: str = "label", separator: str = " ") -> List[List[str]]:
     """[queries][num_sets] model inputs: the query's prompt, then a demonstration set drawn from its pool with
-    random.Random(f"{seed}/{query}/{set}") (k per class, filled by the template, shuffled). UserError naming the
-    template if it has no sentinel."""
+    random.Random(f"{seed}/{query}/{set}") (k per class, filled by the template, shuffled; `seed` any value, e.g.
+    tagged by split). UserError naming the template if it has no sentinel."""
     if SENTINEL not in template.inputs:
         raise UserError(f"demonstrations need a template with {SENTINEL}; template {template.inputs!r} has none")
     out = []

@@ -72,8 +72,8 @@ def _finetune_and_test(setting: Setting, problem: Problem, data: FewShotData, se
     def inputs(queries: Sequence[Example], sets: int, is_train: bool):
         pools = demos.demonstration_pools(queries, data.train, labels, classes, problem.text_fields, 1,
                                           similar_half, embedder, queries_are_train=is_train)
-        return demos.demonstration_inputs(queries, data.train, pools, template, verbalizer, sets, seed,
-                                          label_key=problem.label_key)
+        return demos.demonstration_inputs(queries, data.train, pools, template, verbalizer, sets,
+                                          f"{seed}/{'train' if is_train else 'test'}", label_key=problem.label_key)
 
     train_task = engine.ClassTask([row[0] for row in inputs(data.train, 1, True)], targets, labels)
     params = finetune(setting, long_model, train_task, seed)
