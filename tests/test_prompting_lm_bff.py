@@ -161,7 +161,8 @@ def test_methods_run_end_to_end_and_report_their_choices():
     assert 0.0 <= with_demos.accuracy <= 100.0 and with_demos.details["demo_sets"] == 2
     label = lm_bff.auto_label(setting, problem, data, 0, k=3, n=2, num_finetune=1, search_steps=1)
     assert label.details["verbalizer"] == {"positive": "great", "negative": "terrible"}
-    auto = lm_bff.auto_template(setting, problem, data, 0, beam_width=2, max_length=7, num_templates=1)
+    auto = lm_bff.auto_template(setting, problem, data, 0, beam_width=2, max_length=7, num_templates=1,
+                                rank_by="finetune", rank_steps=1)
     assert auto.details["template"] == auto.details["ranking"][0][0] and len(auto.details["generated"]) == 2
 
 
