@@ -59,3 +59,15 @@ def test_bad_training_input_is_one_user_error():
         engine.train(pm, engine.init_params(pm), engine.ClassTask([], ["x", "y"], np.zeros((0, 2))), steps=1)
     with pytest.raises(UserError, match="class target '' encodes to no tokens"):
         engine.class_log_likelihoods(pm, engine.init_params(pm), ["a"], ["", "x"])
+
+
+def test_cloze_and_instruction_patterns_fill_demonstrations_and_check_their_slots():
+    example = {"text": "the food was good"}
+    assert TEMPLATE.is_cloze and TEMPLATE.filled(example, "great") == "the food was good It was great."
+    instruction = Template("Is this review positive or negative? {text}", targets="{label}")
+    assert not instruction.is_cloze
+    assert instruction.filled(example, "positive") == "Is this review positive or negative? the food was good positive"
+    with pytest.raises(UserError, match=r"template '\{text\} It was good\.' has no <extra_id_0>"):
+        Template("{text} It was good.").filled(example, "great")
+    with pytest.raises(UserError, match="targets 'answer' have no {label}"):
+        Template("{text}", targets="answer").check()

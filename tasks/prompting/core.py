@@ -36,9 +36,27 @@ Example = Mapping[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class Template:
-    """A cloze prompt: `inputs` formats an example's fields ("{field}"); `targets` formats the label words."""
+    """A pattern: `inputs` formats an example's fields ("{field}"); `targets` formats the label words ("{label}").
+
+    A cloze pattern has the sentinel <extra_id_0> in its inputs and targets "<extra_id_0> {label} <extra_id_1>"
+    (T5's span filling, the default); an instruction pattern has targets "{label}": the answer follows the prompt.
+    """
     inputs: str
     targets: str = DEFAULT_TARGETS
+
+    @property
+    def is_cloze(self) -> bool:
+        """True when the targets fill the sentinel's span (the label words replace <extra_id_0> in the inputs)."""
+        return SENTINEL in self.targets
+
+    def check(self) -> "Template":
+        """self; UserError naming the template when targets lack "{label}" or a cloze pattern's inputs lack the
+        sentinel."""
+        if "{label}" not in self.targets:
+            raise UserError(f"template {self.inputs!r}: targets {self.targets!r} have no {{label}}")
+        if self.is_cloze and SENTINEL not in self.inputs:
+            raise UserError(f"template {self.inputs!r} has no {SENTINEL}, which its targets {self.targets!r} fill")
+        return self
 
     def format_inputs(self, example: Example) -> str:
         """The prompt text for `example` (a missing field raises UserError naming it)."""
@@ -53,10 +71,10 @@ class Template:
         return self.targets.format(label=label_words)
 
     def filled(self, example: Example, label_words: str) -> str:
-        """The prompt with the sentinel replaced by the label words (a demonstration)."""
-        if SENTINEL not in self.inputs:
-            raise UserError(f"demonstrations need a template with {SENTINEL}; got {self.inputs!r}")
-        return self.format_inputs(example).replace(SENTINEL, label_words)
+        """The prompt answered with the label words (a demonstration): a cloze pattern's sentinel replaced by
+        them, an instruction pattern's prompt followed by them. UserError as `check`."""
+        prompt = self.check().format_inputs(example)
+        return prompt.replace(SENTINEL, label_words) if self.is_cloze else f"{prompt} {label_words}"
 
 
 @dataclasses.dataclass(frozen=True)

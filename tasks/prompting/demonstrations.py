@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tasks.prompting import engine
-from tasks.prompting.core import SENTINEL, Example, Template, Verbalizer, sample_demonstrations
+from tasks.prompting.core import Example, Template, Verbalizer, sample_demonstrations
 from text2text.errors import UserError
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
@@ -118,9 +118,8 @@ def demonstration_inputs(queries: Sequence[Example], train: Sequence[Example], p
                          label_key: str = "label", separator: str = " ") -> List[List[str]]:
     """[queries][num_sets] model inputs: the query's prompt, then a demonstration set drawn from its pool with
     random.Random(f"{seed}/{query}/{set}") (k per class, filled by the template, shuffled; `seed` any value, e.g.
-    tagged by split). UserError naming the template if it has no sentinel."""
-    if SENTINEL not in template.inputs:
-        raise UserError(f"demonstrations need a template with {SENTINEL}; template {template.inputs!r} has none")
+    tagged by split). UserError naming a cloze template without its sentinel."""
+    template.check()
     out = []
     for i, query in enumerate(queries):
         prompt, pool = template.format_inputs(query), [train[j] for j in pools[i]]

@@ -24,7 +24,7 @@ import seqio
 
 from tasks import vocab as vocab_lib
 from tasks.prompting import engine
-from tasks.prompting.core import SENTINEL, Example, Template, Verbalizer
+from tasks.prompting.core import Example, Template, Verbalizer
 from text2text.errors import UserError
 
 Params = Any
@@ -93,10 +93,8 @@ def check_label_words(prompt_model: engine.PromptModel, verbalizer: Verbalizer) 
 
 
 def label_prefix(prompt_model: engine.PromptModel, template: Template) -> Tuple[int, ...]:
-    """Token ids of the target text before "{label}" (UserError naming the template without a cloze slot)."""
-    if "{label}" not in template.targets or SENTINEL not in template.inputs:
-        raise UserError(f"label search needs a cloze template ({SENTINEL} in inputs, {{label}} in targets); "
-                        f"template {template.inputs!r} -> {template.targets!r} has none")
+    """Token ids of the target text before "{label}" (UserError naming a template without a label slot)."""
+    template.check()
     return tuple(int(i) for i in prompt_model.vocabulary.encode(template.targets.split("{label}")[0]))
 
 

@@ -20,7 +20,7 @@ import optax
 
 from tasks.prompting import demonstrations as demos
 from tasks.prompting import engine, label_search, template_search
-from tasks.prompting.core import SENTINEL, Example, Template, Verbalizer
+from tasks.prompting.core import Example, Template, Verbalizer
 from tasks.prompting.problem import FewShotData, MethodResult, Problem, Setting, details, evaluate
 from text2text.errors import UserError
 
@@ -47,8 +47,7 @@ def finetune(setting: Setting, prompt_model: engine.PromptModel, task: engine.Cl
 
 def _check(problem: Problem, data: FewShotData, template: Template, verbalizer: Verbalizer,
            prompt_model: engine.PromptModel) -> None:
-    if SENTINEL not in template.inputs:
-        raise UserError(f"LM-BFF on {problem.name!r}: template {template.inputs!r} has no {SENTINEL} cloze slot")
+    template.check()
     label_search.check_label_words(prompt_model, verbalizer)
     labels = problem.labels(data.train)
     for c, cls in enumerate(verbalizer.classes):

@@ -6,7 +6,7 @@ import difflib
 import functools
 from typing import Callable, Dict
 
-from tasks.prompting import baselines, ipet, pet, spot
+from tasks.prompting import baselines, ipet, lm_bff, pet, spot
 from text2text.errors import UserError
 
 Method = Callable[..., "baselines.MethodResult"]
@@ -15,6 +15,10 @@ METHODS: Dict[str, Method] = {
     "zero_shot": baselines.zero_shot,
     "fine_tuning": baselines.fine_tuning,
     **{name: functools.partial(baselines.peft_prompt_finetune, method=name) for name in baselines.PEFT_METHODS},
+    "prompt_finetune": lm_bff.prompt_finetune,
+    "prompt_finetune_demos": functools.partial(lm_bff.prompt_finetune, demonstrations=True),
+    "auto_template": lm_bff.auto_template,
+    "auto_label": lm_bff.auto_label,
     "pet": pet.pet,
     "ipet": ipet.ipet,
     "spot": spot.spot,
