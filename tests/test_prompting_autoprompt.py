@@ -49,11 +49,34 @@ def test_search_beats_random_triggers_and_the_template_re_encodes_to_them():
 def test_method_reports_the_found_template_and_accuracy():
     setting = _setting()
     data = FewShotData(tuple(toy_examples(16)), tuple(toy_examples(4)), (), tuple(toy_examples(8)))
-    out = autoprompt.autoprompt(setting, PROBLEM, data, seed=0, num_triggers=2, search_steps=2, candidates=4)
+    out = autoprompt.autoprompt(setting, PROBLEM, data, seed=0, num_triggers=3, search_steps=2, candidates=8,
+                                search_labels=True)  # the first test's shapes: its compiled search is reused
     assert out.details["template"].startswith("{text} ") and "[T]" not in out.details["template"]
-    assert len(out.details["triggers"]) == 2 and 0.0 <= out.accuracy <= 100.0
+    assert list(out.details["label_words"]) == ["positive", "negative"]
+    assert len(out.details["triggers"]) == 3 and 0.0 <= out.accuracy <= 100.0
     before, after = out.details["search_loss"]
     assert after <= before + 1e-6  # every step scores all 16 examples: a swap only happens when it lowers the loss
+
+
+def test_label_search_reads_the_states_behind_the_logits_and_picks_usable_words():
+    setting = _setting()
+    pm, params = setting.base, setting.base_params
+    train = toy_examples(16)
+    template = autoprompt.fill(TEMPLATE, ["the", "food", "was"])
+    inputs = [template.format_inputs(ex) for ex in train]
+    states = autoprompt.label_states(pm, params, inputs[:3], template)
+    # The states are those behind the logits of the label's first token (decoder input: 0, <extra_id_0>).
+    enc = pm.tokens(inputs[:3], pm.feature_lengths["inputs"])
+    dec = np.tile(np.asarray([[0, pm.vocabulary.encode("<extra_id_0>")[0]]], np.int32), (3, 1))
+    logits = np.asarray(pm.model.module.apply({"params": params}, enc, dec, enable_dropout=False))[:, 1]
+    np.testing.assert_allclose(states @ autoprompt.output_embeddings(params, pm.model.config).T, logits, atol=1e-4)
+    states = autoprompt.label_states(pm, params, inputs, template)
+    w, b = autoprompt.fit_logistic(states, PROBLEM.labels(train), 2)
+    assert np.array_equal(np.argmax(states @ w.T + b, axis=1), PROBLEM.labels(train))
+    verbalizer = autoprompt.search_label_words(setting, PROBLEM, train, template)
+    assert verbalizer.classes == PROBLEM.verbalizer.classes
+    ids = [pm.vocabulary.encode(words) for _, words in verbalizer.words]
+    assert all(len(i) == 1 and autoprompt.usable_tokens(pm)[i[0]] for i in ids) and ids[0] != ids[1]
 
 
 @pytest.mark.parametrize("text", ["{text} It was <extra_id_0>.", "{text} [T] [T] great"])

@@ -10,9 +10,13 @@ trigger position j (at random), and (sec. 2.2 of the paper):
   3. evaluates the real loss of every candidate on another batch and keeps the best if it beats the current token.
 Slots are filled through P-tuning's hook (text2text.peft.p_tuning, encoder 'none'): slot j holds a marker token
 whose input embedding is row j of a table set to the trigger tokens' embeddings, which is exactly the plain T5 on
-the text with the trigger words written in. The label words stay the problem's verbalizer. The result is a
-printable Template with the trigger words as text; the few-shot method evaluates it zero-shot on the frozen base
-(AutoPrompt's setting), optionally after prompt-based fine-tuning.
+the text with the trigger words written in. The result is a printable Template with the trigger words as text;
+the few-shot method evaluates it zero-shot on the frozen base (AutoPrompt's setting), optionally after prompt-based
+fine-tuning.
+
+Label words are the problem's verbalizer, or searched as in sec. 2.3: a logistic regression p(y | h) is fitted to
+the decoder's final hidden state h at the position that predicts the label's first token, and each class takes the
+usable token w whose output embedding o_w scores highest, s(y, w) = log softmax_y(W o_w + b).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import optax
 
 from tasks import vocab as vocab_lib
 from tasks.prompting import engine
-from tasks.prompting.core import SENTINEL, Example, Template
+from tasks.prompting.core import SENTINEL, Example, Template, Verbalizer
 from tasks.prompting.p_tuning import p_tuning_model, virtual_tokens
 from tasks.prompting.problem import FewShotData, MethodResult, Problem, Setting, details, evaluate
 from text2text import peft
@@ -97,6 +101,11 @@ def _search_fns(prompt_model: engine.PromptModel, num_classes: int):
     return grad, many
 
 
+def random_triggers(prompt_model: engine.PromptModel, num: int, rng: np.random.Generator) -> np.ndarray:
+    """int [num]: usable tokens drawn with `rng` (initial, or baseline, triggers)."""
+    return rng.choice(np.flatnonzero(usable_tokens(prompt_model)), num)
+
+
 def _round_trips(vocabulary, marker_template: Template, template: Template, example: Example,
                  marker_ids: Sequence[int], ids: Sequence[int]) -> bool:
     """True if the example's text under the filled template encodes to its marker encoding with markers -> ids."""
@@ -108,9 +117,10 @@ def _round_trips(vocabulary, marker_template: Template, template: Template, exam
 
 def search_triggers(setting: Setting, problem: Problem, examples: Sequence[Example], template: Template, seed: int,
                     *, search_steps: int = 30, candidates: int = 10, batch_size: Optional[int] = None,
-                    init_ids: Optional[Sequence[int]] = None) -> TriggerSearch:
+                    init_ids: Optional[Sequence[int]] = None,
+                    verbalizer: Optional[Verbalizer] = None) -> TriggerSearch:
     """AutoPrompt's gradient-guided trigger search (see the module docstring) on `examples` (labelled) for the
-    [T] slots of `template`; batches of `batch_size` (default setting.batch_size, at most len(examples)) examples
+    [T] slots of `template`, label words `verbalizer` (default the problem's); batches of `batch_size` (default setting.batch_size, at most len(examples)) examples
     drawn with `seed`; initial triggers `init_ids` or usable tokens drawn with `seed`. UserError for a template
     without [T] or <extra_id_0>, no examples, or search_steps/candidates < 1."""
     slots = check_template(template)
@@ -122,11 +132,11 @@ def search_triggers(setting: Setting, problem: Problem, examples: Sequence[Examp
     marker_template = fill(template, marker_texts)
     prompt_model = p_tuning_model(setting.base, peft.PTuningConfig(num_virtual=slots, marker_ids=marker_ids,
                                                                    encoder="none"))
-    task = problem.class_task(examples, marker_template)
+    task = problem.class_task(examples, marker_template, verbalizer)
     embedding = np.asarray(base_params["token_embedder"]["embedding"], np.float32)
     usable = usable_tokens(setting.base)
     rng = np.random.default_rng(seed)
-    ids = np.asarray(init_ids if init_ids is not None else rng.choice(np.flatnonzero(usable), slots), np.int32)
+    ids = np.asarray(init_ids if init_ids is not None else random_triggers(setting.base, slots, rng), np.int32)
     grad_fn, losses_fn = _search_fns(prompt_model, task.num_classes)
     size = min(batch_size or setting.batch_size, len(examples))
 
@@ -154,6 +164,83 @@ def search_triggers(setting: Setting, problem: Problem, examples: Sequence[Examp
     return TriggerSearch(fill(template, words), tuple(int(i) for i in ids), words, np.asarray(history))
 
 
+@functools.lru_cache(maxsize=8)
+def _decoder_states_fn(prompt_model: engine.PromptModel):
+    """jit (params, encoder tokens [b, Li], decoder inputs [b, Lt]) -> decoder final hidden states [b, Lt, emb]."""
+    module = prompt_model.model.module
+
+    def states(params, enc, dec):
+        _, captured = module.apply({"params": params}, enc, dec, enable_dropout=False, mutable=["intermediates"],
+                                   capture_intermediates=lambda m, _: m.name == "decoder_norm")
+        return captured["intermediates"]["decoder"]["decoder_norm"]["__call__"][0]
+
+    return jax.jit(states)
+
+
+def label_states(prompt_model: engine.PromptModel, params: Any, inputs: Sequence[str], template: Template
+                 ) -> np.ndarray:
+    """float32 [n, emb]: the decoder's final hidden state (before the output projection) at the position that
+    predicts the first label token, for each prompt text in `inputs` (decoder input: the targets' text before
+    "{label}"), computed in batches of prompt_model.batch_size."""
+    prefix = template.targets.split("{label}")[0].strip()
+    prefix_ids = [int(i) for i in prompt_model.vocabulary.encode(prefix)] if prefix else []
+    enc = prompt_model.tokens(inputs, prompt_model.feature_lengths["inputs"], "input")
+    dec = np.zeros((prompt_model.batch_size, len(prefix_ids) + 1), np.int32)
+    dec[:, 1:] = prefix_ids
+    fn, out = _decoder_states_fn(prompt_model), []
+    for start in range(0, len(enc), prompt_model.batch_size):
+        chunk = enc[start:start + prompt_model.batch_size]
+        padded = np.pad(chunk, ((0, prompt_model.batch_size - len(chunk)), (0, 0)))
+        out.append(np.asarray(fn(params, padded, dec), np.float32)[:len(chunk), len(prefix_ids)])
+    return np.concatenate(out)
+
+
+def output_embeddings(params: Any, config: Any) -> np.ndarray:
+    """float32 [vocab, emb]: o_w with logit_w = h . o_w (tied: embedding / sqrt(emb_dim); else logits_dense)."""
+    if config.logits_via_embedding:
+        return np.asarray(params["token_embedder"]["embedding"], np.float32) / np.sqrt(config.emb_dim)
+    return np.asarray(params["decoder"]["logits_dense"]["kernel"], np.float32).T
+
+
+def fit_logistic(features: np.ndarray, labels: np.ndarray, num_classes: int, steps: int = 300,
+                 learning_rate: float = 0.05, l2: float = 1e-3) -> Tuple[np.ndarray, np.ndarray]:
+    """(W [C, d], b [C]) of a multinomial logistic regression on features [n, d] (labels int [n]), full-batch Adam
+    on the mean cross-entropy + l2 * |W|^2."""
+    x, y = jnp.asarray(features), jax.nn.one_hot(labels, num_classes)
+    tx = optax.adam(learning_rate)
+
+    def loss(wb):
+        log_probs = jax.nn.log_softmax(x @ wb[0].T + wb[1])
+        return -jnp.mean(jnp.sum(y * log_probs, axis=1)) + l2 * jnp.sum(wb[0] ** 2)
+
+    @jax.jit
+    def fit(wb):
+        def step(carry, _):
+            wb, state = carry
+            updates, state = tx.update(jax.grad(loss)(wb), state, wb)
+            return (optax.apply_updates(wb, updates), state), None
+        return jax.lax.scan(step, (wb, tx.init(wb)), None, length=steps)[0][0]
+
+    w, b = fit((jnp.zeros((num_classes, x.shape[1])), jnp.zeros(num_classes)))
+    return np.asarray(w), np.asarray(b)
+
+
+def search_label_words(setting: Setting, problem: Problem, examples: Sequence[Example], template: Template
+                       ) -> Verbalizer:
+    """AutoPrompt's label token selection (sec. 2.3; see the module docstring): one usable token per class (distinct
+    across classes), for the prompt `template` (its [T] slots already filled) on labelled `examples`."""
+    inputs = [template.format_inputs(ex) for ex in examples]
+    labels = problem.labels(examples)
+    classes = problem.verbalizer.classes
+    w, b = fit_logistic(label_states(setting.base, setting.base_params, inputs, template), labels, len(classes))
+    log_probs = jax.nn.log_softmax(output_embeddings(setting.base_params, setting.base.model.config) @ w.T + b)
+    scores = np.where(usable_tokens(setting.base)[:, None], np.asarray(log_probs), -np.inf)  # s(y, w) [vocab, C]
+    chosen: list = []
+    for c in range(len(classes)):
+        chosen.append(next(int(t) for t in np.argsort(-scores[:, c]) if int(t) not in chosen))
+    return Verbalizer([(cls, setting.base.vocabulary.decode([t])) for cls, t in zip(classes, chosen)])
+
+
 def class_loss(prompt_model: engine.PromptModel, params: Any, task: engine.ClassTask) -> float:
     """Mean KL(labels || class distribution) of `task` (AutoPrompt's objective; the cross-entropy for hard labels)."""
     scores = engine.class_log_likelihoods(prompt_model, params, task.inputs, task.class_targets)
@@ -174,27 +261,34 @@ def _finetune_optimizer(learning_rate: float) -> optax.GradientTransformation:
 
 def autoprompt(setting: Setting, problem: Problem, data: FewShotData, seed: int, *, num_triggers: int = 3,
                search_steps: int = 30, candidates: int = 10, template: Union[Template, str, None] = None,
-               finetune: bool = False, steps: Optional[int] = None) -> MethodResult:
+               search_labels: bool = False, finetune: bool = False, steps: Optional[int] = None) -> MethodResult:
     """AutoPrompt few-shot method: search `num_triggers` triggers (or the [T] slots of `template`; default
     `default_template`) on data.train, then test accuracy zero-shot on the frozen base with the found template, or,
     with finetune=True, after prompt-based fine-tuning of the whole model for `steps` (default setting.steps).
-    details: template, triggers, search objective before/after, dev accuracy."""
+    search_labels: first pick label words (`search_label_words`, under the initial triggers) instead of the
+    problem's verbalizer. details: template, triggers, label words, search objective before/after, dev accuracy."""
     if template is None:
         template = default_template(problem, num_triggers)
     elif isinstance(template, str):
         template = Template(template, problem.templates[0].targets)
+    init_ids = random_triggers(setting.base, check_template(template), np.random.default_rng(seed))
+    verbalizer = problem.verbalizer
+    if search_labels:
+        words = [setting.base.vocabulary.decode([int(i)]) for i in init_ids]
+        verbalizer = search_label_words(setting, problem, data.train, fill(template, words))
     found = search_triggers(setting, problem, data.train, template, seed, search_steps=search_steps,
-                            candidates=candidates)
+                            candidates=candidates, init_ids=init_ids, verbalizer=verbalizer)
     params = setting.base_params
     if finetune:
-        params = engine.train(setting.base, params, problem.class_task(data.train, found.template),
+        params = engine.train(setting.base, params, problem.class_task(data.train, found.template, verbalizer),
                               steps or setting.steps, setting.batch_size,
                               tx=_finetune_optimizer(setting.learning_rate), seed=seed).params
-    dev = evaluate(setting.base, params, problem, data.dev, found.template) if data.dev else None
-    return MethodResult(evaluate(setting.base, params, problem, data.test, found.template),
-                        details(template=found.template, triggers=list(found.words), dev_accuracy=dev,
-                                search_loss=[float(found.losses[0]), float(found.losses[-1])]))
+    dev = evaluate(setting.base, params, problem, data.dev, found.template, verbalizer) if data.dev else None
+    return MethodResult(evaluate(setting.base, params, problem, data.test, found.template, verbalizer),
+                        details(template=found.template, triggers=list(found.words), label_words=verbalizer,
+                                dev_accuracy=dev, search_loss=[float(found.losses[0]), float(found.losses[-1])]))
 
 
-__all__ = ["TRIGGER", "check_template", "fill", "usable_tokens", "TriggerSearch", "search_triggers", "class_loss",
-           "default_template", "autoprompt"]
+__all__ = ["TRIGGER", "check_template", "fill", "usable_tokens", "random_triggers", "TriggerSearch", "search_triggers",
+           "label_states", "output_embeddings", "fit_logistic", "search_label_words", "class_loss", "default_template",
+           "autoprompt"]

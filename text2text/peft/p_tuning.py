@@ -66,7 +66,7 @@ class PTuningConfig:
 
 
 def initial_embeddings(rng: jax.Array, embedding: jax.Array, cfg: PTuningConfig) -> jax.Array:
-    """[n, emb] fp32 initial e_j: the embeddings of cfg.init_token_ids, else sampled rows of `embedding` [vocab, emb]."""
+    """[n, emb] fp32 initial e_j: embeddings of cfg.init_token_ids, else sampled rows of `embedding` [vocab, emb]."""
     embedding = jnp.asarray(embedding, jnp.float32)
     if cfg.init_token_ids:
         return embedding[np.asarray(cfg.init_token_ids, np.int32)]
