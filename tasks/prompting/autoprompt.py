@@ -120,8 +120,9 @@ def search_triggers(setting: Setting, problem: Problem, examples: Sequence[Examp
                     init_ids: Optional[Sequence[int]] = None,
                     verbalizer: Optional[Verbalizer] = None) -> TriggerSearch:
     """AutoPrompt's gradient-guided trigger search (see the module docstring) on `examples` (labelled) for the
-    [T] slots of `template`, label words `verbalizer` (default the problem's); batches of `batch_size` (default setting.batch_size, at most len(examples)) examples
-    drawn with `seed`; initial triggers `init_ids` or usable tokens drawn with `seed`. UserError for a template
+    [T] slots of `template`, with label words `verbalizer` (default the problem's). Each step draws (with `seed`)
+    a gradient batch and an evaluation batch of `batch_size` examples (default setting.batch_size, at most
+    len(examples)); initial triggers `init_ids`, else usable tokens drawn with `seed`. UserError for a template
     without [T] or <extra_id_0>, no examples, or search_steps/candidates < 1."""
     slots = check_template(template)
     if not examples or search_steps < 1 or candidates < 1:

@@ -19,7 +19,6 @@ from text2text.peft.trainable import count_params, peft_optimizer, predicate, tr
 
 __all__ = ['AdapterConfig', 'BitFitConfig', 'LinearProbeConfig', 'LinearProbeModel', 'LoraConfig', 'METHODS',
            'PTuningConfig', 'PeftConfig', 'PrefixTuningConfig', 'PromptTuningConfig', 'base_params', 'count_params',
-           'export_merged_hf', 'fold_prompt_encoder', 'fold_reparameterization', 'load_peft_params', 'merge_lora', 'peft_leaves',
-           'peft_optimizer', 'predicate', 'read_peft_file', 'save_peft_from_checkpoint', 'save_peft_params',
-           'trainable_mask',
-           'with_base_params']
+           'export_merged_hf', 'fold_prompt_encoder', 'fold_reparameterization', 'load_peft_params', 'merge_lora',
+           'peft_leaves', 'peft_optimizer', 'predicate', 'read_peft_file', 'save_peft_from_checkpoint',
+           'save_peft_params', 'trainable_mask', 'with_base_params']

@@ -3,8 +3,9 @@
 A T5Config with `peft=None` (the default) builds exactly the plain T5. With a PeftConfig, the network
 calls the hooks below at five places: after every Dense matmul (LoRA, BitFit), on self-attention keys and
 values (prefix tuning), on every sublayer output (adapters), on the encoder's input embeddings (P-tuning's
-virtual tokens, prompt tuning) and on the encoder-decoder attention bias (prompt tuning). Methods combine freely, except the linear probe, which is
-a separate classifier model (text2text.peft.linear_probe) and is used alone.
+virtual tokens, prompt tuning) and on the encoder-decoder attention bias (prompt tuning). Methods combine
+freely, except the linear probe, which is a separate classifier model (text2text.peft.linear_probe) and is
+used alone.
 """
 from __future__ import annotations
 
