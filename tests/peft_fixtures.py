@@ -16,6 +16,8 @@ BASE = get_config('tiny', vocab_size=64)
 ENC_LEN, DEC_LEN = 10, 6
 METHOD_CONFIGS = {
     'prompt_tuning': peft.PeftConfig(prompt_tuning=peft.PromptTuningConfig(length=4)),
+    # Markers: ids that every row of toy_batch holds.
+    'p_tuning': peft.PeftConfig(p_tuning=peft.PTuningConfig(num_virtual=3, marker_ids=(42, 50, 26), hidden_dim=8)),
     'prefix_tuning': peft.PeftConfig(prefix_tuning=peft.PrefixTuningConfig(length=3)),
     'adapters': peft.PeftConfig(adapters=peft.AdapterConfig(bottleneck=4)),
     'lora': peft.PeftConfig(lora=peft.LoraConfig(rank=2, alpha=4.0)),

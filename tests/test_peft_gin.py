@@ -11,7 +11,7 @@ from text2text.convert import save_hf_checkpoint
 from text2text.models import EncoderDecoderModel
 from text2text.peft import trainable
 
-LEARNING_RATES = {'prompt_tuning': 0.3, 'prefix_tuning': 1e-2, 'adapters': 1e-3, 'lora': 1e-3, 'bitfit': 1e-3,
+LEARNING_RATES = {'prompt_tuning': 0.3, 'p_tuning': 1e-2, 'prefix_tuning': 1e-2, 'adapters': 1e-3, 'lora': 1e-3, 'bitfit': 1e-3,
                   'linear_probe': 1e-2}
 
 

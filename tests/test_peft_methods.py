@@ -20,6 +20,9 @@ def expected_count(method: str) -> int:
     cfg = METHOD_CONFIGS[method]
     if method == 'prompt_tuning':
         return cfg.prompt_tuning.length * E
+    if method == 'p_tuning':  # embeddings [n, E], bi-LSTM (2 x (W_x [E, 4h], W_h [h, 4h], b [4h])), MLP 2h -> h -> E
+        n, h = cfg.p_tuning.num_virtual, cfg.p_tuning.hidden_dim
+        return n * E + 2 * (E * 4 * h + h * 4 * h + 4 * h) + (2 * h * h + h) + (h * E + E)
     if method == 'prefix_tuning':
         return SELF_ATTENTIONS * 2 * cfg.prefix_tuning.length * H * HD
     if method == 'adapters':

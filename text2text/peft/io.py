@@ -3,8 +3,8 @@
 Files are safetensors: one fp32 tensor per trained leaf, named by its '/'-joined param path, with the
 method names in the metadata. `load_peft_params` puts them onto any param tree (a base checkpoint's or a
 freshly initialised PEFT model's). `base_params` / `with_base_params` let a plain T5 checkpoint initialise
-a PEFT model (text2text.pretrained uses them); the PEFT leaves keep their init, except that tuned prompts
-are re-drawn from the loaded vocabulary embedding.
+a PEFT model (text2text.pretrained uses them); the PEFT leaves keep their init, except that tuned prompts and
+P-tuning's initial embeddings are re-drawn from the loaded vocabulary embedding.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from text2text.config import T5Config
 from text2text.convert.t5x import param_shapes
 from text2text.errors import UserError
 from text2text.optim import param_path
-from text2text.peft import prompt_tuning, trainable
+from text2text.peft import p_tuning, prompt_tuning, trainable
 
 FORMAT = 'text2text-peft'
 
@@ -93,13 +93,16 @@ def base_params(params: Any, config: T5Config) -> dict:
 
 
 def with_base_params(params: Any, loaded: Any, config: T5Config, seed: int = 0) -> dict:
-    """`params` with every base leaf taken from `loaded`; a tuned prompt is re-initialised from the new embedding."""
+    """`params` with every base leaf taken from `loaded`; a tuned prompt and P-tuning's initial embeddings are
+    re-initialised from the new embedding."""
     flat = dict(traverse_util.flatten_dict(params, sep='/'))
     for name, value in traverse_util.flatten_dict(loaded, sep='/').items():
         if name not in flat:
             raise UserError(f'base checkpoint parameter {name} has no place in the PEFT model')
         flat[name] = value
     merged = traverse_util.unflatten_dict(flat, sep='/')
+    if config.peft.p_tuning is not None:
+        merged = p_tuning.reinitialize(merged, config.peft.p_tuning, jax.random.PRNGKey(seed))
     if config.peft.prompt_tuning is None:
         return merged
     merged = prompt_tuning.reinitialize(merged, config.peft.prompt_tuning, jax.random.PRNGKey(seed))

@@ -2,9 +2,10 @@
 
 A T5Config with `peft=None` (the default) builds exactly the plain T5. With a PeftConfig, the network
 calls the hooks below at five places: after every Dense matmul (LoRA, BitFit), on self-attention keys and
-values (prefix tuning), on every sublayer output (adapters), on the encoder's input embeddings and on the
-encoder-decoder attention bias (prompt tuning). Methods combine freely, except the linear probe, which is
-a separate classifier model (text2text.peft.linear_probe) and is used alone.
+values (prefix tuning), on every sublayer output (adapters), on the encoder's input embeddings (P-tuning's
+virtual tokens, prompt tuning) and on the encoder-decoder attention bias (prompt tuning). Methods combine
+freely, except the linear probe, which is a separate classifier model (text2text.peft.linear_probe) and is
+used alone.
 """
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ import flax.linen as nn
 import jax
 
 from text2text.errors import UserError
-from text2text.peft import adapters, bitfit, lora, prefix_tuning, prompt_tuning
+from text2text.peft import adapters, bitfit, lora, p_tuning, prefix_tuning, prompt_tuning
 from text2text.peft.adapters import AdapterConfig
 from text2text.peft.bitfit import BitFitConfig
 from text2text.peft.lora import LoraConfig
+from text2text.peft.p_tuning import PTuningConfig
 from text2text.peft.prefix_tuning import PrefixTuningConfig
 from text2text.peft.prompt_tuning import PromptTuningConfig
 
-METHODS = ('prompt_tuning', 'prefix_tuning', 'adapters', 'lora', 'bitfit', 'linear_probe')
+METHODS = ('prompt_tuning', 'p_tuning', 'prefix_tuning', 'adapters', 'lora', 'bitfit', 'linear_probe')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,7 @@ class LinearProbeConfig:
 class PeftConfig:
     """One optional config per method (None = method off); set as T5Config.peft."""
     prompt_tuning: PromptTuningConfig | None = None
+    p_tuning: PTuningConfig | None = None
     prefix_tuning: PrefixTuningConfig | None = None
     adapters: AdapterConfig | None = None
     lora: LoraConfig | None = None
@@ -90,7 +93,10 @@ class PeftConfig:
 
     def encoder_inputs(self, x: jax.Array, tokens: jax.Array, segment_ids: jax.Array | None, mask: jax.Array,
                        embedding: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Hook on the encoder's (input embeddings, self-attention mask): prepends the tuned prompt."""
+        """Hook on the encoder's (input embeddings, self-attention mask): places P-tuning's virtual tokens at their
+        markers (mask unchanged), then prepends prompt tuning's prompt (mask extended)."""
+        if self.p_tuning is not None:
+            x = p_tuning.place_virtual_tokens(self.p_tuning, x, tokens, embedding)
         if self.prompt_tuning is None:
             return x, mask
         return prompt_tuning.prepend_prompt(self.prompt_tuning, x, tokens, segment_ids, embedding)

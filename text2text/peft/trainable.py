@@ -19,6 +19,7 @@ from text2text.peft.peft_config import METHODS, PeftConfig
 
 PATTERNS = {
     'prompt_tuning': r'(^|/)prompt_tuning/',
+    'p_tuning': r'(^|/)p_tuning/',
     'prefix_tuning': r'(^|/)prefix_tuning/',
     'adapters': r'_adapter/',
     'lora': r'/lora_[ab]$',
