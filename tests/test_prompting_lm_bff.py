@@ -157,8 +157,9 @@ def test_methods_run_end_to_end_and_report_their_choices():
     plain = lm_bff.prompt_finetune(setting, problem, data, 0)
     assert plain.accuracy == 100.0 and plain.details["template"] == TEMPLATE.inputs
     with_demos = lm_bff.prompt_finetune(setting, problem, data, 0, demonstrations=True, num_demo_sets=2,
-                                        embedder=lambda texts: np.ones((len(texts), 2)))
-    assert 0.0 <= with_demos.accuracy <= 100.0 and with_demos.details["demo_sets"] == 2
+                                        train_demo_sets=3, embedder=lambda texts: np.ones((len(texts), 2)))
+    assert 0.0 <= with_demos.accuracy <= 100.0
+    assert with_demos.details["demo_sets"] == 2 and with_demos.details["train_demo_sets"] == 3
     label = lm_bff.auto_label(setting, problem, data, 0, k=3, n=2, num_finetune=1, search_steps=1)
     assert label.details["verbalizer"] == {"positive": "great", "negative": "terrible"}
     auto = lm_bff.auto_template(setting, problem, data, 0, beam_width=2, max_length=7, num_templates=1,

@@ -6,7 +6,7 @@ import difflib
 import functools
 from typing import Callable, Dict
 
-from tasks.prompting import baselines, ipet, lm_bff, pet, spot
+from tasks.prompting import autoprompt, baselines, ipet, lm_bff, p_tuning, pet, spot
 from text2text.errors import UserError
 
 Method = Callable[..., "baselines.MethodResult"]
@@ -21,6 +21,8 @@ METHODS: Dict[str, Method] = {
     "auto_label": lm_bff.auto_label,
     "pet": pet.pet,
     "ipet": ipet.ipet,
+    "autoprompt": autoprompt.autoprompt,
+    "p_tuning": p_tuning.p_tuning,
     "spot": spot.spot,
 }
 
