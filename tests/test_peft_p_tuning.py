@@ -155,3 +155,12 @@ def test_bad_p_tuning_input_is_one_user_error():
         peft.PTuningConfig(num_virtual=2, marker_ids=(5, 5))
     with pytest.raises(UserError, match="encoder='gru'"):
         peft.PTuningConfig(num_virtual=1, marker_ids=(5,), encoder='gru')
+
+
+def test_mixed_templates_put_virtual_tokens_before_the_text_and_before_the_answer():
+    markers = ["<extra_id_99>", "<extra_id_98>", "<extra_id_97>"]
+    cloze = method.mixed_template(Template("{text} It was <extra_id_0>."), markers)
+    assert cloze.inputs == "<extra_id_99> <extra_id_98> {text} It was <extra_id_97> <extra_id_0>."
+    instruction = method.mixed_template(Template("Positive or negative? {text}", targets="{label}"), markers)
+    assert instruction.inputs == "<extra_id_99> <extra_id_98> Positive or negative? {text} <extra_id_97>"
+    assert instruction.targets == "{label}"

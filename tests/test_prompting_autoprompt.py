@@ -79,8 +79,17 @@ def test_label_search_reads_the_states_behind_the_logits_and_picks_usable_words(
     assert all(len(i) == 1 and autoprompt.usable_tokens(pm)[i[0]] for i in ids) and ids[0] != ids[1]
 
 
-@pytest.mark.parametrize("text", ["{text} It was <extra_id_0>.", "{text} [T] [T] great"])
-def test_template_without_triggers_or_sentinel_is_one_user_error(text):
+@pytest.mark.parametrize("text,problem", [("{text} It was <extra_id_0>.", "needs trigger slots"),
+                                          ("{text} [T] [T] great", "has no <extra_id_0>")])
+def test_template_without_triggers_or_sentinel_is_one_user_error(text, problem):
     data = FewShotData(tuple(toy_examples(4)), (), (), tuple(toy_examples(4)))
-    with pytest.raises(UserError, match=re.escape(f"AutoPrompt: template {text!r} needs trigger slots")):
+    with pytest.raises(UserError, match=re.escape(f"template {text!r} {problem}")):
         autoprompt.autoprompt(_setting(), PROBLEM, data, seed=0, template=text)
+
+
+def test_default_template_ends_in_the_answer_slot_of_the_main_pattern():
+    assert autoprompt.default_template(PROBLEM, 2).inputs == "{text} [T] [T] <extra_id_0>"
+    instruction = Problem("toy_instruction", (Template("Good or bad? {text}", targets="{label}"),), PROBLEM.verbalizer,
+                          ("text",))
+    template = autoprompt.default_template(instruction, 3)
+    assert (template.inputs, template.targets) == ("{text} [T] [T] [T]", "{label}")

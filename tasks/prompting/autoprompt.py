@@ -43,11 +43,12 @@ _FORBIDDEN_TEXT = ("{", "}", TRIGGER, "<extra_id_", " ")  # would break Template
 
 
 def check_template(template: Template) -> int:
-    """Number of trigger slots of `template`; UserError naming the template if it has no [T] or no <extra_id_0>."""
+    """Number of trigger slots of `template`; UserError naming the template if it has no [T] (or fails
+    Template.check: a cloze pattern without <extra_id_0>)."""
     slots = template.inputs.count(TRIGGER)
-    if not slots or SENTINEL not in template.inputs:
-        raise UserError(f"AutoPrompt: template {template.inputs!r} needs trigger slots {TRIGGER} and the cloze slot "
-                        f"{SENTINEL}")
+    if not slots:
+        raise UserError(f"AutoPrompt: template {template.inputs!r} needs trigger slots {TRIGGER}")
+    template.check()
     return slots
 
 
@@ -249,10 +250,12 @@ def class_loss(prompt_model: engine.PromptModel, params: Any, task: engine.Class
 
 
 def default_template(problem: Problem, num_triggers: int) -> Template:
-    """AutoPrompt's template shape: the problem's text fields, `num_triggers` [T] slots, the cloze slot (targets as
-    problem.templates[0])."""
+    """AutoPrompt's template shape: the problem's text fields, `num_triggers` [T] slots, then the answer (the
+    cloze slot for a cloze problems.templates[0]; targets as that template's)."""
     fields = " ".join(f"{{{name}}}" for name in problem.text_fields)
-    return Template(f"{fields} {' '.join([TRIGGER] * num_triggers)} {SENTINEL}", problem.templates[0].targets)
+    main = problem.templates[0]
+    inputs = f"{fields} {' '.join([TRIGGER] * num_triggers)}"
+    return Template(f"{inputs} {SENTINEL}" if main.is_cloze else inputs, main.targets)
 
 
 @functools.lru_cache(maxsize=None)

@@ -56,20 +56,21 @@ def virtual_token_ids(num_virtual: int, vocabulary: Optional[seqio.Vocabulary] =
 
 
 def mixed_template(template: Template, marker_texts: Sequence[str]) -> Template:
-    """`template` with the first ceil(n/2) virtual tokens before its text and the others before the cloze slot
-    (anchor words of the manual template stay). UserError naming the template if it has no <extra_id_0>."""
-    if SENTINEL not in template.inputs:
-        raise UserError(f"P-tuning: template {template.inputs!r} has no {SENTINEL} cloze slot")
+    """`template` with the first ceil(n/2) virtual tokens before its text and the others before the answer: the
+    cloze slot <extra_id_0>, or the end of an instruction pattern's inputs (anchor words of the manual template
+    stay). UserError as Template.check."""
+    template.check()
     front = (len(marker_texts) + 1) // 2
     head, slot = " ".join(marker_texts[:front]), " ".join(marker_texts[front:])
+    if not template.is_cloze:
+        return dataclasses.replace(template, inputs=" ".join(filter(None, (head, template.inputs, slot))))
     inputs = template.inputs.replace(SENTINEL, f"{slot} {SENTINEL}" if slot else SENTINEL, 1)
     return dataclasses.replace(template, inputs=f"{head} {inputs}")
 
 
 def check_template(template: Template, marker_texts: Sequence[str]) -> None:
-    """UserError naming the template unless it has the cloze slot and at least one of the virtual tokens."""
-    if SENTINEL not in template.inputs:
-        raise UserError(f"P-tuning: template {template.inputs!r} has no {SENTINEL} cloze slot")
+    """UserError naming the template unless it passes Template.check and holds at least one virtual token."""
+    template.check()
     if not any(text in template.inputs for text in marker_texts):
         raise UserError(f"P-tuning: template {template.inputs!r} has none of the virtual tokens "
                         f"{', '.join(marker_texts)}")
