@@ -62,6 +62,7 @@ def test_fewshot_mode_prints_progress_and_table_and_writes_json(toy_problem, tmp
     assert "fewshot [6/6] toy_reviews lora seed 21: accuracy" in printed and f"wrote {out}" in printed
     results = json.loads(out.read_text())
     assert results["seeds"] == [13, 21] and list(results["methods"]) == ["zero_shot", "fine_tuning", "lora"]
+    assert results["complete"] is True
     for name, row in results["methods"].items():
         assert len(row["accuracies"]) == 2 and all(0 <= a <= 100 for a in row["accuracies"])
         assert row["mean"] == pytest.approx(sum(row["accuracies"]) / 2)

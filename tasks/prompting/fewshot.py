@@ -7,7 +7,8 @@ report the test accuracy's mean and standard deviation over the seeds (5 seeds: 
     .venv/bin/python run.py --gin_file=prompting/demo_fewshot.gin
 
 It prints a progress line per (method, seed), then a table of mean ± std, and writes every result (per seed,
-with each method's details) as JSON to `output_path` (written to a temporary file, then renamed).
+with each method's details) as JSON to `output_path` after each method ("complete": true once all ran; each
+write goes to a temporary file, then a rename).
 """
 from __future__ import annotations
 
@@ -67,10 +68,12 @@ def summarize(accuracies: Sequence[float]) -> Dict[str, float]:
 def run_methods(setting: Setting, problem_name: str, methods: Sequence[str], k: int = 16,
                 seeds: Sequence[int] = SEEDS, num_unlabelled: int = 0, num_test: Optional[int] = None,
                 method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                progress: Callable[[str], None] = print) -> Dict[str, Any]:
+                progress: Callable[[str], None] = print,
+                on_method: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Runs each method on each seed's sample; returns {"problem", "k", "seeds", "methods": {name: {"mean",
-    "std", "accuracies", "seconds", "details"}}}. `method_options` maps a method name to keyword options.
-    Unknown methods raise UserError before anything runs."""
+    "std", "accuracies", "seconds", "details"}}, "complete"}. `method_options` maps a method name to keyword
+    options; `on_method(results so far)` runs after each method (the mode saves them). Unknown methods raise
+    UserError before anything runs."""
     entry = get_problem(problem_name)
     options = dict(method_options or {})
     unknown_options = sorted(set(options) - set(methods))
@@ -79,7 +82,7 @@ def run_methods(setting: Setting, problem_name: str, methods: Sequence[str], k: 
     functions = {name: get_method(name) for name in methods}
     data = {seed: sample_few_shot(entry.problem, entry.pool, entry.test, k, seed, num_unlabelled, num_test)
             for seed in seeds}
-    out: Dict[str, Any] = {"problem": problem_name, "k": k, "seeds": list(seeds), "methods": {}}
+    out: Dict[str, Any] = {"problem": problem_name, "k": k, "seeds": list(seeds), "methods": {}, "complete": False}
     total, done = len(methods) * len(seeds), 0
     for name in methods:
         rows = {"accuracies": [], "seconds": [], "details": []}
@@ -94,6 +97,9 @@ def run_methods(setting: Setting, problem_name: str, methods: Sequence[str], k: 
             progress(f"fewshot [{done}/{total}] {problem_name} {name} seed {seed}: accuracy {result.accuracy:.1f} "
                      f"({seconds:.0f} s)")
         out["methods"][name] = {**summarize(rows["accuracies"]), **rows}
+        out["complete"] = len(out["methods"]) == len(methods)
+        if on_method is not None:
+            on_method(out)
     return out
 
 
@@ -139,9 +145,9 @@ def run_fewshot(model: Any, problem: str, methods: Sequence[str], output_path: s
     setting = Setting(base, engine.init_params(base, checkpoint), checkpoint, steps, batch_size, learning_rate)
     print(f"few-shot {problem}: K={k} per class, seeds {list(seeds)}, {len(methods)} method(s), {steps} steps of "
           f"{batch_size} examples each; base {checkpoint or '(random init)'}")
-    results = run_methods(setting, problem, methods, k, seeds, num_unlabelled, num_test, method_options)
+    results = run_methods(setting, problem, methods, k, seeds, num_unlabelled, num_test, method_options,
+                          on_method=lambda partial: write_json(output_path, partial))
     print(format_table(results))
-    write_json(output_path, results)
     print(f"wrote {output_path}")
     return results
 
