@@ -76,6 +76,7 @@ def test_fewshot_mode_prints_progress_and_table_and_writes_json(toy_problem, tmp
     ("--gin.METHODS=['pett']", "unknown few-shot method 'pett'; did you mean pet"),
     ("--gin.K=30", "K=30 per class for train and dev needs 60 examples of class"),
     ("--gin.PROBLEM='toy_review'", "no few-shot problem 'toy_review'; did you mean toy_reviews"),
+    ("--gin.METHODS=['pet']", "PET on 'toy_reviews': the unlabelled set is empty"),
 ])
 def test_bad_input_is_one_error_line_and_nothing_written(toy_problem, tmp_path, capsys, flag, message):
     out = tmp_path / "fewshot.json"

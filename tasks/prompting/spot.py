@@ -220,12 +220,14 @@ def spot(setting: Setting, problem: Problem, data: FewShotData, seed: int, *,
     library's recipe, which keeps its embedding comparable with the sources'), learning_rate (prompt tuning,
     default 0.3), steps (target training, default setting.steps; batch size setting.batch_size).
     demo_library_if_missing: when `library` is a directory without a library, first build one there from the
-    demo's training families (demo_sources(), prompt length `prompt_length` or 20, setting.steps steps each).
+    demo's training families (demo_sources(), prompt length `prompt_length` or 20, setting.steps steps each,
+    at least the embedding recipe's).
     Details: source (the chosen one), ranking ([name, cosine] best first), prompt_length.
     """
     if not isinstance(library, PromptLibrary):
         if demo_library_if_missing and not os.path.isfile(os.path.join(library, INDEX)):
-            build_library(setting, demo_sources(), library, length=prompt_length or 20, seed=0)
+            build_library(setting, demo_sources(), library, steps=max(setting.steps, EmbeddingRecipe().steps),
+                          length=prompt_length or 20, seed=0)
         library = PromptLibrary.load(library)
     target = SourceTask(problem.name, data.train, problem=problem)
     result = transfer(setting, library, target, setting.steps if steps is None else steps, prompt_length,
