@@ -6,7 +6,6 @@ import json
 import logging
 import warnings
 
-import gin
 import jax
 import numpy as np
 import pytest
@@ -15,7 +14,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from tasks_fixtures import spm_model  # noqa: E402,F401
-from text2text import export, launch  # noqa: E402
+from launch_helpers import run_main  # noqa: E402
+from text2text import export  # noqa: E402
 from text2text.models import EncoderDecoderModel  # noqa: E402
 
 pytestmark = pytest.mark.slow  # two tiny training runs, HF generate and our decode: ~1-3 min on 2 cores
@@ -26,25 +26,17 @@ DECODE_LENGTH = 8
 UNTIED_NOTICE = "specifies to tie shared.weight to lm_head.weight, but both are present"
 
 
-def _main(*args):
-    gin.clear_config()
-    try:
-        return launch.main(list(args))
-    finally:
-        gin.clear_config()
-
-
 @pytest.fixture(scope="module", params=["untied", "tied"])
 def trained(request, spm_model, tmp_path_factory):  # noqa: F811
     """(model_dir, export_dir) of a 2-step run of the tiny model (T5.1.1-style untied, or tied logits)."""
     root = tmp_path_factory.mktemp(request.param)
     model_dir, export_dir = root / "model", root / "hf"
     tie = ["--gin.config.get_config.logits_via_embedding=True"] if request.param == "tied" else []
-    assert _main("--gin_file=models/tiny.gin", "--gin_file=runs/finetune.gin",
+    assert run_main("--gin_file=models/tiny.gin", "--gin_file=runs/finetune.gin",
                  "--gin.MIXTURE_OR_TASK_NAME='demo_reverse'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}",
                  "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4", "--gin.EVAL_PERIOD=0", f"--gin.MODEL_DIR='{model_dir}'",
                  "--gin.config.get_config.vocab_size=512", "--gin.LEARNING_RATE=0.01", *tie) == 0
-    assert _main("--gin_file=runs/export.gin", f"--gin.MODEL_DIR='{model_dir}'",
+    assert run_main("--gin_file=runs/export.gin", f"--gin.MODEL_DIR='{model_dir}'",
                  f"--gin.EXPORT_DIR='{export_dir}'") == 0
     return request.param, str(model_dir), str(export_dir)
 
@@ -113,7 +105,7 @@ def test_hf_greedy_generate_equals_our_greedy_decode(trained):
 
 def test_export_of_a_missing_step_is_one_error_line(trained, capsys):
     _, model_dir, export_dir = trained
-    code = _main("--gin_file=runs/export.gin", f"--gin.MODEL_DIR='{model_dir}'", f"--gin.EXPORT_DIR='{export_dir}'",
+    code = run_main("--gin_file=runs/export.gin", f"--gin.MODEL_DIR='{model_dir}'", f"--gin.EXPORT_DIR='{export_dir}'",
                  "--gin.EXPORT_STEP=7")
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and lines == [f"error: MODEL_DIR '{model_dir}' has no checkpoint for step 7; it has [2]"]

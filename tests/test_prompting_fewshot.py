@@ -2,15 +2,14 @@
 and table of the `fewshot` run mode, and its one-line errors."""
 import json
 
-import gin
 import pytest
 
 import tasks.demo as demo_tasks
+from launch_helpers import run_main
 from prompting_fixtures import toy_examples
 from tasks.prompting import Template, Verbalizer, fewshot
 from tasks.prompting.problem import Problem
 from tasks.prompting.problems import get_problem, register_problem
-from text2text import launch
 from text2text.errors import UserError
 
 PROBLEM = Problem("toy_reviews", (Template("{text} It was <extra_id_0>.", ),),
@@ -41,14 +40,6 @@ def test_summary_is_mean_and_sample_std():
     assert fewshot.summarize([70.0]) == {"mean": 70.0, "std": 0.0}
 
 
-def _main(*args):
-    gin.clear_config()
-    try:
-        return launch.main(list(args))
-    finally:
-        gin.clear_config()
-
-
 FLAGS = ["--gin_file=models/tiny.gin", "--gin_file=prompting/fewshot.gin",
          f"--gin.vocab.sentencepiece_model_path.path='{demo_tasks.VOCABULARY_PATH}'",
          "--gin.config.get_config.vocab_size=1024", "--gin.PROBLEM='toy_reviews'", "--gin.K=2", "--gin.SEEDS=[13, 21]",
@@ -57,7 +48,7 @@ FLAGS = ["--gin_file=models/tiny.gin", "--gin_file=prompting/fewshot.gin",
 
 def test_fewshot_mode_prints_progress_and_table_and_writes_json(toy_problem, tmp_path, capsys):
     out = tmp_path / "fewshot.json"
-    assert _main(*FLAGS, f"--gin.OUTPUT_PATH='{out}'", "--gin.METHODS=['zero_shot', 'fine_tuning', 'lora']") == 0
+    assert run_main(*FLAGS, f"--gin.OUTPUT_PATH='{out}'", "--gin.METHODS=['zero_shot', 'fine_tuning', 'lora']") == 0
     printed = capsys.readouterr().out
     assert "fewshot [6/6] toy_reviews lora seed 21: accuracy" in printed and f"wrote {out}" in printed
     results = json.loads(out.read_text())
@@ -80,7 +71,7 @@ def test_fewshot_mode_prints_progress_and_table_and_writes_json(toy_problem, tmp
 ])
 def test_bad_input_is_one_error_line_and_nothing_written(toy_problem, tmp_path, capsys, flag, message):
     out = tmp_path / "fewshot.json"
-    assert _main(*FLAGS, f"--gin.OUTPUT_PATH='{out}'", flag) == 2
+    assert run_main(*FLAGS, f"--gin.OUTPUT_PATH='{out}'", flag) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not out.exists()

@@ -53,6 +53,9 @@ RULES = [
     Rule("peft", r"run\.py --gin_file=peft/", run=True, after="demo",
          append="--gin.TRAIN_STEPS=2 --gin.EVAL_PERIOD=0"),
     Rule("export", r"run\.py --gin_file=runs/export\.gin", run=True, after="demo"),
+    Rule("fewshot", r"run\.py --gin_file=prompting/", run=True, after="demo",
+         append="'--gin.SEEDS=[13]' --gin.STEPS=2 --gin.K=2 --gin.NUM_TEST=4 --gin.NUM_UNLABELLED=4 "
+                "\"--gin.METHODS=['zero_shot', 'pet']\""),
     Rule("demo_eval_infer", r"run\.py .*--gin_file=runs/(eval|infer|score)\.gin.*runs/demo", run=True,
          after="demo"),
     Rule("beam_cache", r"-m tasks\.cache",
@@ -105,7 +108,7 @@ def scratch(tmp_path_factory):
 
 def test_readme_has_the_commands_this_test_expects():
     names = {classify(b).name for b in BLOCKS if classify(b)}
-    assert {"demo", "help", "peft", "export"} <= names
+    assert {"demo", "help", "peft", "export", "fewshot"} <= names
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=_block_id)
