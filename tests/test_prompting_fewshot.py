@@ -63,15 +63,15 @@ def test_fewshot_mode_prints_progress_and_table_and_writes_json(toy_problem, tmp
     assert results["methods"]["lora"]["details"][0]["trainable_params"] > 0
 
 
-@pytest.mark.parametrize("flag,message", [
-    ("--gin.METHODS=['pett']", "unknown few-shot method 'pett'; did you mean pet"),
-    ("--gin.K=30", "K=30 per class for train and dev needs 60 examples of class"),
-    ("--gin.PROBLEM='toy_review'", "no few-shot problem 'toy_review'; did you mean toy_reviews"),
-    ("--gin.METHODS=['pet']", "PET on 'toy_reviews': the unlabelled set is empty"),
+@pytest.mark.parametrize("flags,message", [
+    (["--gin.METHODS=['pett']"], "unknown few-shot method 'pett'; did you mean pet"),
+    (["--gin.K=30"], "K=30 per class for train and dev needs 60 examples of class"),
+    (["--gin.PROBLEM='toy_review'"], "no few-shot problem 'toy_review'; did you mean toy_reviews"),
+    (["--gin.METHODS=['pet']", "--gin.NUM_UNLABELLED=0"], "PET on 'toy_reviews': the unlabelled set is empty"),
 ])
-def test_bad_input_is_one_error_line_and_nothing_written(toy_problem, tmp_path, capsys, flag, message):
+def test_bad_input_is_one_error_line_and_nothing_written(toy_problem, tmp_path, capsys, flags, message):
     out = tmp_path / "fewshot.json"
-    assert run_main(*FLAGS, f"--gin.OUTPUT_PATH='{out}'", flag) == 2
+    assert run_main(*FLAGS, f"--gin.OUTPUT_PATH='{out}'", *flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not out.exists()
