@@ -33,7 +33,7 @@ def data(unlabelled: int = BATCH) -> FewShotData:
 
 def test_span_corruption_batches_hide_spans_behind_ordered_sentinels():
     pm = prompt_model()
-    texts = pet_lib.unlabelled_texts(PROBLEM, toy_examples(8)) + ["a much longer text " * 6]
+    texts = list(PROBLEM.texts(toy_examples(8))) + ["a much longer text " * 6]
     documents = [list(pm.encode(t))[:26] for t in texts]  # 26 raw tokens fit 24 input tokens
     lm_batches = pet_lib.span_corruption_batches(pm, texts, 6, seed=3)
     batch = lm_batches(1)

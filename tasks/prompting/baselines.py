@@ -40,11 +40,6 @@ def zero_shot(setting: Setting, problem: Problem, data: FewShotData, seed: int) 
                         details(template=problem.templates[0]))
 
 
-def raw_inputs(problem: Problem, examples) -> Tuple[str, ...]:
-    """Each example's text fields joined by a space: the unprompted input of standard fine-tuning."""
-    return tuple(" ".join(str(ex[field]) for field in problem.text_fields) for ex in examples)
-
-
 @functools.lru_cache(maxsize=16)
 def _classifier(base: engine.PromptModel, label_ids: Tuple[Tuple[int, ...], ...], learning_rate: float):
     config = dataclasses.replace(base.model.config, peft=peft.PeftConfig(
@@ -61,9 +56,9 @@ def fine_tuning(setting: Setting, problem: Problem, data: FewShotData, seed: int
                       for cls, words in problem.verbalizer.words)
     model, tx = _classifier(setting.base, label_ids, setting.learning_rate)
     labels = problem.labels(data.train)
-    task = engine.ClassTask(raw_inputs(problem, data.train), [w for _, w in problem.verbalizer.words], labels)
+    task = engine.ClassTask(problem.texts(data.train), [w for _, w in problem.verbalizer.words], labels)
     result = engine.train(model, params_for(setting, model, seed), task, setting.steps, setting.batch_size, tx, seed)
-    test = engine.ClassTask(raw_inputs(problem, data.test), task.class_targets, problem.labels(data.test))
+    test = engine.ClassTask(problem.texts(data.test), task.class_targets, problem.labels(data.test))
     return MethodResult(engine.accuracy(model, result.params, test), details(final_loss=float(result.losses[-1])))
 
 
@@ -90,4 +85,4 @@ def peft_prompt_finetune(setting: Setting, problem: Problem, data: FewShotData, 
                         details(trainable_params=trainable, total_params=total))
 
 
-__all__ = ["PEFT_METHODS", "zero_shot", "fine_tuning", "raw_inputs", "peft_model", "peft_prompt_finetune"]
+__all__ = ["PEFT_METHODS", "zero_shot", "fine_tuning", "peft_model", "peft_prompt_finetune"]

@@ -178,11 +178,6 @@ def check_data(problem: Problem, data: FewShotData, method: str) -> None:
             raise UserError(f"{method} on {problem.name!r}: no labelled example of class {cls!r}")
 
 
-def unlabelled_texts(problem: Problem, examples: Sequence[Example]) -> List[str]:
-    """The raw text of each example (its text fields joined by spaces): the auxiliary LM loss's data."""
-    return [" ".join(str(ex[field]) for field in problem.text_fields) for ex in examples]
-
-
 def train_pattern_models(setting: Setting, problem: Problem, setup: PatternSetup,
                          training_sets: Sequence[Sequence[Example]], seed: int, *, alpha: float = 0.0,
                          unlabelled: Sequence[Example] = (), zero_shot: Optional[Sequence[float]] = None
@@ -196,7 +191,7 @@ def train_pattern_models(setting: Setting, problem: Problem, setup: PatternSetup
     if alpha > 0.0 and setup.prompt_model.has_class_head:
         raise UserError(f"PET on {problem.name!r}: a linear-probe pattern model has no LM loss; set alpha=0")
     if alpha > 0.0:
-        lm_batches = span_corruption_batches(setup.prompt_model, unlabelled_texts(problem, unlabelled),
+        lm_batches = span_corruption_batches(setup.prompt_model, problem.texts(unlabelled),
                                              setting.batch_size, seed)
     models = []
     for i, template in enumerate(problem.templates):
@@ -297,4 +292,4 @@ def pet(setting: Setting, problem: Problem, data: FewShotData, seed: int, *, alp
 
 __all__ = ["PatternModel", "PatternSetup", "check_data", "corrupt_spans", "distill", "distillation_task",
            "ensemble_and_distill", "noise_spans", "pattern_distributions", "pattern_setup", "pattern_weights", "pet",
-           "sentinel_ids", "soft_labels", "span_corruption_batches", "train_pattern_models", "unlabelled_texts"]
+           "sentinel_ids", "soft_labels", "span_corruption_batches", "train_pattern_models"]

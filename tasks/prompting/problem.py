@@ -44,6 +44,11 @@ class Problem:
                                 [template.format_targets(words) for _, words in verbalizer.words],
                                 [verbalizer.index(ex[self.label_key]) for ex in examples])
 
+    def texts(self, examples: Sequence[Example]) -> Tuple[str, ...]:
+        """Each example's text fields joined by spaces: the unprompted text (standard fine-tuning's input, PET's
+        unlabelled LM text, the sentence an embedder sees)."""
+        return tuple(" ".join(str(ex[field]) for field in self.text_fields) for ex in examples)
+
     def labels(self, examples: Sequence[Example]) -> np.ndarray:
         """int [n]: class index of each example."""
         return np.asarray([self.verbalizer.index(ex[self.label_key]) for ex in examples], np.int64)
