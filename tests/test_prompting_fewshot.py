@@ -48,7 +48,9 @@ FLAGS = ["--gin_file=models/tiny.gin", "--gin_file=prompting/fewshot.gin",
 
 def test_fewshot_mode_prints_progress_and_table_and_writes_json(toy_problem, tmp_path, capsys):
     out = tmp_path / "fewshot.json"
-    assert run_main(*FLAGS, f"--gin.OUTPUT_PATH='{out}'", "--gin.METHODS=['zero_shot', 'fine_tuning', 'lora']") == 0
+    # Options of a method that is not in METHODS (here PET's) are ignored, as the README's shortened commands need.
+    assert run_main(*FLAGS, f"--gin.OUTPUT_PATH='{out}'", "--gin.METHODS=['zero_shot', 'fine_tuning', 'lora']",
+                    "--gin.METHOD_OPTIONS={'pet': {'alpha': 0.5}}") == 0
     printed = capsys.readouterr().out
     assert "fewshot [6/6] toy_reviews lora seed 21: accuracy" in printed and f"wrote {out}" in printed
     results = json.loads(out.read_text())
@@ -68,6 +70,7 @@ def test_fewshot_mode_prints_progress_and_table_and_writes_json(toy_problem, tmp
     (["--gin.K=30"], "K=30 per class for train and dev needs 60 examples of class"),
     (["--gin.PROBLEM='toy_review'"], "no few-shot problem 'toy_review'; did you mean toy_reviews"),
     (["--gin.METHODS=['pet']", "--gin.NUM_UNLABELLED=0"], "PET on 'toy_reviews': the unlabelled set is empty"),
+    (["--gin.METHOD_OPTIONS={'ipett': {'generations': 1}}"], "unknown few-shot method 'ipett'; did you mean ipet"),
 ])
 def test_bad_input_is_one_error_line_and_nothing_written(toy_problem, tmp_path, capsys, flags, message):
     out = tmp_path / "fewshot.json"
