@@ -11,7 +11,6 @@ Each has the method signature of tasks.prompting.problem.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Tuple
 
@@ -42,10 +41,8 @@ def zero_shot(setting: Setting, problem: Problem, data: FewShotData, seed: int) 
 
 @functools.lru_cache(maxsize=16)
 def _classifier(base: engine.PromptModel, label_ids: Tuple[Tuple[int, ...], ...], learning_rate: float):
-    config = dataclasses.replace(base.model.config, peft=peft.PeftConfig(
+    model = engine.peft_variant(base, peft.PeftConfig(
         linear_probe=peft.LinearProbeConfig(label_token_ids=label_ids, train_encoder=True)))
-    model = engine.PromptModel(peft.LinearProbeModel(config), base.vocabulary, base.feature_lengths,
-                               base.batch_size)
     return model, engine.default_optimizer(learning_rate)
 
 
@@ -69,7 +66,7 @@ def peft_model(base: engine.PromptModel, method: str) -> Tuple[engine.PromptMode
     if method not in PEFT_METHODS:
         raise UserError(f"unknown PEFT method {method!r}; expected one of {', '.join(PEFT_METHODS)}")
     config, learning_rate = PEFT_METHODS[method]
-    model = dataclasses.replace(base, model=type(base.model)(dataclasses.replace(base.model.config, peft=config)))
+    model = engine.peft_variant(base, config)
     tx = optim.adafactor(learning_rate=optim.constant_schedule(learning_rate), multiply_by_parameter_scale=False)
     return model, peft.peft_optimizer(tx, config)
 

@@ -30,8 +30,9 @@ import optax
 import seqio
 
 from tasks import vocab as vocab_lib
-from text2text import optim, pretrained
+from text2text import optim, peft, pretrained
 from text2text.errors import UserError
+from text2text.models import EncoderDecoderModel
 
 Params = Any
 Batch = Dict[str, np.ndarray]
@@ -84,6 +85,20 @@ class PromptModel:
     def head_fn(self) -> Callable[[Params, Batch], jax.Array]:
         """jit(model.class_log_probs): [b, classes] (class-head models only)."""
         return jax.jit(self.model.class_log_probs)
+
+
+@functools.lru_cache(maxsize=64)
+def peft_variant(base: PromptModel, peft_config: peft.PeftConfig) -> PromptModel:
+    """`base` with `peft_config` as its model's PEFT config (a LinearProbeModel for a linear probe, else an
+    EncoderDecoderModel with the base's loss settings), same vocabulary, lengths and batch size. One object per
+    (base, config), so every seed and method reuses its compiled programs."""
+    model = base.model
+    config = dataclasses.replace(model.config, peft=peft_config)
+    if peft_config.linear_probe is not None:
+        variant = peft.LinearProbeModel(config)
+    else:
+        variant = EncoderDecoderModel(config, model.z_loss, model.label_smoothing, model.loss_normalizing_factor)
+    return PromptModel(variant, base.vocabulary, base.feature_lengths, base.batch_size)
 
 
 def init_params(prompt_model: PromptModel, checkpoint: Optional[str] = None, seed: int = 0) -> Params:
@@ -277,5 +292,5 @@ def _default_tx() -> optax.GradientTransformation:
     return default_optimizer()
 
 
-__all__ = ["PromptModel", "ClassTask", "TrainResult", "init_params", "class_log_likelihoods", "class_probabilities",
+__all__ = ["PromptModel", "ClassTask", "TrainResult", "peft_variant", "init_params", "class_log_likelihoods", "class_probabilities",
            "accuracy", "kl_to_targets", "training_batch", "default_optimizer", "train"]

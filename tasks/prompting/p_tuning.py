@@ -24,7 +24,6 @@ from tasks.prompting.core import SENTINEL, Template
 from tasks.prompting.problem import FewShotData, MethodResult, Problem, Setting, details, evaluate
 from text2text import optim, peft
 from text2text.errors import UserError
-from text2text.models import EncoderDecoderModel
 from text2text.peft import p_tuning as peft_p_tuning
 
 RESERVED_SENTINELS = 2  # <extra_id_0> (the cloze slot) and <extra_id_1> (end of the target span)
@@ -76,7 +75,6 @@ def check_template(template: Template, marker_texts: Sequence[str]) -> None:
                         f"{', '.join(marker_texts)}")
 
 
-@functools.lru_cache(maxsize=64)
 def p_tuning_model(base: engine.PromptModel, cfg: peft.PTuningConfig) -> engine.PromptModel:
     """The base T5 with P-tuning `cfg` added to its PEFT config, as a PromptModel (one object per (base, cfg), so
     compiled programs are shared across seeds). UserError for a class-head base."""
@@ -84,8 +82,7 @@ def p_tuning_model(base: engine.PromptModel, cfg: peft.PTuningConfig) -> engine.
         raise UserError("P-tuning needs a T5 that scores target texts, not a class-head model")
     config = base.model.config
     peft_config = dataclasses.replace(config.peft, p_tuning=cfg) if config.peft else peft.PeftConfig(p_tuning=cfg)
-    model = EncoderDecoderModel(dataclasses.replace(config, peft=peft_config))
-    return engine.PromptModel(model, base.vocabulary, base.feature_lengths, base.batch_size)
+    return engine.peft_variant(base, peft_config)
 
 
 @functools.lru_cache(maxsize=None)

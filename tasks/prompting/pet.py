@@ -27,7 +27,6 @@ from tasks.span_corruption import MEAN_NOISE_SPAN_LENGTH, NOISE_DENSITY, random_
 from tasks.vocab import EOS_ID
 from text2text import peft as peft_lib
 from text2text.errors import UserError
-from text2text.models import EncoderDecoderModel
 
 WEIGHTINGS = ("accuracy", "uniform")
 
@@ -127,17 +126,6 @@ class PatternSetup:
 
 
 @functools.lru_cache(maxsize=None)
-def _peft_prompt_model(base: engine.PromptModel, peft: peft_lib.PeftConfig) -> engine.PromptModel:
-    config = dataclasses.replace(base.model.config, peft=peft)
-    if peft.linear_probe is not None:
-        model = peft_lib.LinearProbeModel(config)
-    else:
-        model = EncoderDecoderModel(config, base.model.z_loss, base.model.label_smoothing,
-                                    base.model.loss_normalizing_factor)
-    return engine.PromptModel(model, base.vocabulary, base.feature_lengths, base.batch_size)
-
-
-@functools.lru_cache(maxsize=None)
 def _optimizer(learning_rate: float, peft: Optional[peft_lib.PeftConfig]) -> optax.GradientTransformation:
     tx = engine.default_optimizer(learning_rate)
     return tx if peft is None else peft_lib.peft_optimizer(tx, peft=peft)
@@ -150,7 +138,7 @@ def pattern_setup(setting: Setting, peft: Optional[peft_lib.PeftConfig] = None, 
     rate = float(setting.learning_rate if learning_rate is None else learning_rate)
     if peft is None:
         return PatternSetup(setting.base, setting.base_params, _optimizer(rate, None))
-    prompt_model = _peft_prompt_model(setting.base, peft)
+    prompt_model = engine.peft_variant(setting.base, peft)
     init = engine.init_params(prompt_model, seed=seed)
     init = peft_lib.with_base_params(init, setting.base_params, prompt_model.model.config, seed)
     return PatternSetup(prompt_model, init, _optimizer(rate, peft), peft)

@@ -62,7 +62,6 @@ class SourceTask:
             raise UserError(f"SPoT source task {self.name!r}: an example has no target field {self.target_key!r}")
 
 
-@functools.lru_cache(maxsize=16)
 def prompt_tuning_model(base: engine.PromptModel, length: int) -> engine.PromptModel:
     """The base T5 with a tuned prompt of `length` tokens in front of its encoder inputs (same vocabulary, feature
     lengths and batch size). One object per (base, length), so engine's compiled steps are reused across seeds.
@@ -71,9 +70,7 @@ def prompt_tuning_model(base: engine.PromptModel, length: int) -> engine.PromptM
     if base.has_class_head or not isinstance(model, EncoderDecoderModel) or model.config.peft is not None:
         raise UserError("SPoT needs a plain encoder-decoder base model (no class head, no PEFT methods); got "
                         f"{type(model).__name__} with peft={getattr(model.config, 'peft', None)}")
-    config = dataclasses.replace(model.config, peft=PeftConfig(prompt_tuning=PromptTuningConfig(length=length)))
-    tuned = EncoderDecoderModel(config, model.z_loss, model.label_smoothing, model.loss_normalizing_factor)
-    return engine.PromptModel(tuned, base.vocabulary, base.feature_lengths, base.batch_size)
+    return engine.peft_variant(base, PeftConfig(prompt_tuning=PromptTuningConfig(length=length)))
 
 
 @functools.lru_cache(maxsize=16)
