@@ -18,6 +18,9 @@ from typing import Any, Callable, Mapping
 LEARNING_RATE = 1e-3
 ENVIRONMENT = {'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2',
                'TOKENIZERS_PARALLELISM': 'false', 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
+# The peer runs with the C library's malloc defaults, as its users get them (importing text2text, e.g. for the
+# weight conversion, would otherwise apply text2text.host_memory's settings to its process too).
+PEER_ENVIRONMENT = {'TEXT2TEXT_MALLOC': 'system'}
 
 
 def parse_args(**defaults: int) -> argparse.Namespace:
@@ -131,9 +134,11 @@ class HfTrainer:
         self.model.zero_grad(set_to_none=True)
 
 
-def _serve(connection, threads: int, builder: Callable[..., dict], args: tuple) -> None:
+def _serve(connection, threads: int, builder: Callable[..., dict], args: tuple,
+           environment: Mapping[str, str]) -> None:
     """Worker loop: build the named runners, then answer ('time', name, calls) and ('call', name) requests."""
     try:
+        os.environ.update(environment)
         configure(threads)
         runners = builder(*args)
         connection.send(('ok', sorted(runners)))
@@ -156,12 +161,15 @@ def _serve(connection, threads: int, builder: Callable[..., dict], args: tuple) 
 
 
 class Worker:
-    """Runners from `builder(*args)` (a module-level function returning {name: callable}) in a spawned process."""
+    """Runners from `builder(*args)` (a module-level function returning {name: callable}) in a spawned process
+    whose environment variables are updated with `environment` before anything is imported (PEER_ENVIRONMENT
+    for the peer's workers)."""
 
-    def __init__(self, threads: int, builder: Callable[..., dict], *args):
+    def __init__(self, threads: int, builder: Callable[..., dict], *args, environment: Mapping[str, str] = None):
         context = multiprocessing.get_context('spawn')
         self._connection, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child, threads, builder, args), daemon=True)
+        self._process = context.Process(target=_serve, args=(child, threads, builder, args, dict(environment or {})),
+                                        daemon=True)
         self._process.start()
         self.names = self._reply()
 

@@ -10,8 +10,8 @@ process on the same CPUs; interleaved rounds, medians. Run:
 """
 import numpy as np
 
-from common import (LEARNING_RATE, HfTrainer, Worker, bench_config, build_gemm, interleaved, load_note, parse_args,
-                    peak_note)
+from common import (LEARNING_RATE, PEER_ENVIRONMENT, HfTrainer, Worker, bench_config, build_gemm, interleaved,
+                    load_note, parse_args, peak_note)
 
 
 def build_jax() -> dict:
@@ -60,7 +60,8 @@ def build_hf() -> dict:
 
 def main() -> None:
     args = parse_args(rounds=5, steps=5)
-    jax_worker, hf_worker = Worker(args.threads, build_jax), Worker(args.threads, build_hf)
+    jax_worker = Worker(args.threads, build_jax)
+    hf_worker = Worker(args.threads, build_hf, environment=PEER_ENVIRONMENT)
     print(f'# {load_note()}, threads {args.threads}; {args.rounds} interleaved rounds x {args.steps} updates',
           flush=True)
     times = interleaved({'ours': (jax_worker, 'ours'), 'optax': (jax_worker, 'optax'), 'HF': (hf_worker, 'HF'),

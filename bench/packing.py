@@ -10,8 +10,8 @@ Batch 8 rows, fp32, model common.bench_config, each framework in its own worker 
 """
 import numpy as np
 
-from common import (HfTrainer, OurTrainer, Worker, bench_config, build_gemm, interleaved, load_note, parse_args,
-                    peak_note)
+from common import (PEER_ENVIRONMENT, HfTrainer, OurTrainer, Worker, bench_config, build_gemm, interleaved, load_note,
+                    parse_args, peak_note)
 from gpu_mfu import train_flops_per_step
 
 BATCH = 8
@@ -90,7 +90,7 @@ def build(framework: str, examples: int) -> dict:
 def main() -> None:
     args = parse_args(rounds=2, steps=1, examples=40)
     ours = Worker(args.threads, build, 'ours', args.examples)
-    hf = Worker(args.threads, build, 'hf', args.examples)
+    hf = Worker(args.threads, build, 'hf', args.examples, environment=PEER_ENVIRONMENT)
     counts = ours.call('count')
     (padded_batches, tokens), (packed_batches, packed_tokens) = counts['padded'], counts['packed']
     assert tokens == packed_tokens == hf.call('count')['padded'][1], 'the streams hold different examples'

@@ -2,14 +2,15 @@
 
 Same shape (common.bench_config), batch 8, inputs 128, targets 32, fp32, the same random tokens; each framework
 in its own worker process with the same CPUs/threads; steady state (compile and warm-up excluded), interleaved
-rounds, medians; prints the fp32 GEMM peak measured in the same rounds and the % of it each framework's
-step reaches (model FLOPs of gpu_mfu.train_flops_per_step / step time). Run from the repo root:
+rounds, medians; HF runs with glibc's malloc defaults, as its users get them, and also a second time with
+text2text's settings (text2text.host_memory); prints the fp32 GEMM peak measured in the same rounds and the % of
+it each framework's step reaches (model FLOPs of gpu_mfu.train_flops_per_step / step time). Run from the repo root:
 `.venv/bin/python bench/train_step.py [--threads N] [--rounds R] [--steps S] [--parts]`.
 """
 import numpy as np
 
-from common import (HfTrainer, OurTrainer, Worker, bench_config, build_gemm, interleaved, load_note, parse_args,
-                    peak_note)
+from common import (PEER_ENVIRONMENT, HfTrainer, OurTrainer, Worker, bench_config, build_gemm, interleaved, load_note,
+                    parse_args, peak_note)
 from gpu_mfu import train_flops_per_step
 
 BATCH, INPUTS, TARGETS = 8, 128, 32
@@ -42,9 +43,12 @@ def build(framework: str) -> dict:
 
 def main() -> None:
     args = parse_args()
-    workers = {'ours': Worker(args.threads, build, 'ours'), 'HF': Worker(args.threads, build, 'hf')}
+    workers = {'ours': Worker(args.threads, build, 'ours'),
+               'HF': Worker(args.threads, build, 'hf', environment=PEER_ENVIRONMENT),
+               'HF, our malloc settings': Worker(args.threads, build, 'hf')}
     parts = ('step', 'fwd', 'fwd+bwd') if args.parts else ('step',)
-    runners = {(side, part): (worker, part) for part in parts for side, worker in workers.items()}
+    runners = {(side, part): (worker, part) for part in parts for side, worker in workers.items()
+               if part == 'step' or side != 'HF, our malloc settings'}
     runners['gemm'] = (workers['ours'], 'gemm')
     print(f'# {load_note()}, threads {args.threads} (XLA and torch); {args.rounds} interleaved rounds x '
           f'{args.steps} steps; median s/step', flush=True)
@@ -59,6 +63,8 @@ def main() -> None:
     flops = train_flops_per_step(bench_config(), BATCH, INPUTS, TARGETS)
     print(f'# ours: {peak_note(times["gemm"], flops, ours)}')
     print(f'# HF: {peak_note(times["gemm"], flops, hf)}')
+    tuned = times['HF, our malloc settings', 'step']
+    print(f'# HF with text2text.host_memory\'s malloc settings: {tuned:.4f} s/step, ours / it {ours / tuned:.2f}')
     print(f'train_step: ours {ours:.4f} s/step, HF {hf:.4f} s/step, ratio {ours / hf:.2f}')
 
 

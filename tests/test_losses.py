@@ -94,3 +94,45 @@ def test_sequence_log_likelihood():
     np.testing.assert_allclose(normalized, [(math.log(0.25) + math.log(0.6)) / 2], rtol=1e-5)
     weighted = losses.sequence_log_likelihood(logits, targets, jnp.array([[0.0, 1.0, 1.0]]))
     np.testing.assert_allclose(weighted, [math.log(0.6) + math.log(0.2)], rtol=1e-5)
+
+
+def _reference_token_loss(logits, targets, z_loss, label_smoothing):
+    """Textbook T5X loss per position: soft one-hot targets against log_softmax, plus z_loss * logsumexp^2."""
+    import jax
+    vocab = logits.shape[-1]
+    confidence, low = 1.0 - label_smoothing, label_smoothing / (vocab - 1)
+    soft = jax.nn.one_hot(targets, vocab) * (confidence - low) + low
+    constant = -(confidence * jnp.log(confidence + 1e-20) + (vocab - 1) * low * jnp.log(low + 1e-20))
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    return -jnp.sum(soft * jax.nn.log_softmax(logits), axis=-1) - constant + z_loss * log_z ** 2
+
+
+@pytest.mark.parametrize('label_smoothing', [0.0, 0.1])
+def test_token_cross_entropy_values_gradients_and_correct_match_reference(label_smoothing):
+    import jax
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(3, 5, 37)) * 4, jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 37, (3, 5)), jnp.int32)
+    weights = jnp.asarray(rng.random((3, 5)), jnp.float32)
+    token_loss, token_z, correct = losses.token_cross_entropy(logits, targets, 1e-4, label_smoothing)
+    np.testing.assert_allclose(token_loss, _reference_token_loss(logits, targets, 1e-4, label_smoothing),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(token_z, 1e-4 * jax.nn.logsumexp(logits, axis=-1) ** 2, rtol=1e-6)
+    np.testing.assert_array_equal(correct, jnp.argmax(logits, axis=-1) == targets)
+
+    def ours(x):
+        return jnp.sum(losses.token_cross_entropy(x, targets, 1e-4, label_smoothing)[0] * weights)
+
+    def reference(x):
+        return jnp.sum(_reference_token_loss(x, targets, 1e-4, label_smoothing) * weights)
+
+    np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(reference)(logits), rtol=1e-5, atol=1e-6)
+
+
+def test_token_cross_entropy_is_finite_for_huge_and_masked_logits_and_ties_count_as_correct():
+    logits = jnp.array([[[1e4, 0.0, -1e4], [-jnp.inf, 2.0, 2.0]]], jnp.float32)
+    token_loss, _, correct = losses.token_cross_entropy(logits, jnp.array([[0, 2]]), z_loss=0.0)
+    np.testing.assert_allclose(token_loss, [[0.0, math.log(2.0)]], atol=1e-6)
+    assert correct.tolist() == [[True, True]]  # argmax would say id 1 at the tie; the target's logit is the max
+    _, _, outside = losses.token_cross_entropy(logits, jnp.array([[-1, 3]]), z_loss=0.0)
+    assert outside.tolist() == [[False, False]]

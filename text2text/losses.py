@@ -57,23 +57,26 @@ def normalize_weights(weights, loss_normalizing_factor, segment_ids=None):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _logit_statistics(logits, targets, with_sum: bool):
-    """Per position: log-partition logsumexp(logits), the target id's logit (0 for ids outside the vocab) and,
-    if with_sum, the sum of all logits (else 0). Custom gradient: one fused pass over [..., vocab], no one-hot."""
+    """Per position: log-partition logsumexp(logits), the target id's logit (0 for ids outside the vocab), the
+    sum of all logits if with_sum (else 0) and the largest logit (no gradient). Two passes over [..., vocab]
+    forward (max, sum of exp), one backward, no one-hot."""
     return _logit_statistics_fwd(logits, targets, with_sum)[0]
 
 
 def _logit_statistics_fwd(logits, targets, with_sum):
-    log_z = jax.nn.logsumexp(logits, axis=-1)
+    max_logit = jnp.max(logits, axis=-1)
+    shift = jnp.where(jnp.isfinite(max_logit), max_logit, 0.0)
+    log_z = jnp.log(jnp.sum(jnp.exp(logits - shift[..., None]), axis=-1)) + shift
     in_vocab = (targets >= 0) & (targets < logits.shape[-1])
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1, mode='clip')[..., 0]
     target_logit = jnp.where(in_vocab, target_logit, 0.0)
     logit_sum = jnp.sum(logits, axis=-1) if with_sum else jnp.zeros_like(log_z)
-    return (log_z, target_logit, logit_sum), (logits, log_z, targets)
+    return (log_z, target_logit, logit_sum, max_logit), (logits, log_z, targets)
 
 
 def _logit_statistics_bwd(with_sum, residuals, cotangents):
     logits, log_z, targets = residuals
-    d_log_z, d_target_logit, d_logit_sum = cotangents
+    d_log_z, d_target_logit, d_logit_sum, _ = cotangents
     grad = jnp.exp(logits - log_z[..., None]) * d_log_z[..., None]
     is_target = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1) == targets[..., None]
     grad = grad + jnp.where(is_target, d_target_logit[..., None], 0.0)
@@ -85,40 +88,62 @@ def _logit_statistics_bwd(with_sum, residuals, cotangents):
 _logit_statistics.defvjp(_logit_statistics_fwd, _logit_statistics_bwd)
 
 
-def cross_entropy_with_z_loss(logits, targets, weights=None, z_loss: float = 1e-4, label_smoothing: float = 0.0,
-                              loss_normalizing_factor: Optional[Union[float, str]] = None, segment_ids=None):
-    """Weighted, label-smoothed cross entropy plus z-loss (T5X semantics), summed over tokens.
+def token_cross_entropy(logits, targets, z_loss: float = 1e-4, label_smoothing: float = 0.0):
+    """Per-position label-smoothed cross entropy plus z-loss (T5X semantics), from one pass of statistics.
 
-    Args: logits [..., vocab]; targets [...] int ids; weights [...] (None = all ones); z_loss coefficient of
-    log(Z)^2 per token; label_smoothing mass spread over the other vocab-1 ids (the constant entropy of the
-    smoothed targets is subtracted so a perfect model reaches loss 0); loss_normalizing_factor see
-    `normalize_weights`; segment_ids [b, l] only used by 'AVERAGE_PER_SEQUENCE' on packed batches.
-    Returns (total_loss, z_loss_part, weight_sum): total_loss already includes z_loss_part; weight_sum is the
-    plain sum of the (unnormalised) weights.
+    Args: logits [..., vocab] (computed in fp32); targets [...] int ids; z_loss coefficient of log(Z)^2 per
+    token; label_smoothing mass spread over the other vocab-1 ids (the constant entropy of the smoothed targets
+    is subtracted so a perfect model reaches loss 0).
+    Returns (token_loss, token_z_loss, correct), each [...]: token_loss includes token_z_loss (fp32); correct
+    (bool) is True where the target's logit is the largest, i.e. argmax(logits) == target, except that an exact
+    tie for the largest logit also counts as correct (argmax would pick the first tied id): this reuses the
+    forward's max instead of another pass over [..., vocab].
     """
     logits = jnp.asarray(logits, jnp.float32)
     vocab_size = logits.shape[-1]
-    if weights is None:
-        weights = jnp.ones(targets.shape, jnp.float32)
-    weight_sum = jnp.sum(jnp.asarray(weights, jnp.float32))
     confidence = 1.0 - label_smoothing
     low_confidence = label_smoothing / (vocab_size - 1)
     normalizing_constant = -(confidence * jnp.log(confidence + 1e-20)
                              + (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
     smoothing = not isinstance(label_smoothing, (int, float)) or label_smoothing != 0
-    log_z, target_logit, logit_sum = _logit_statistics(logits, jnp.asarray(targets, jnp.int32), smoothing)
+    targets = jnp.asarray(targets, jnp.int32)
+    log_z, target_logit, logit_sum, max_logit = _logit_statistics(logits, targets, smoothing)
     # -sum(soft_targets * log_softmax) with soft targets summing to 1, without a [..., vocab] one-hot.
     cross_entropy = log_z - (confidence - low_confidence) * target_logit
     if smoothing:
         cross_entropy = cross_entropy - low_confidence * logit_sum
     token_z_loss = z_loss * jnp.square(log_z)
-    token_loss = cross_entropy - normalizing_constant + token_z_loss
+    correct = (target_logit >= max_logit) & (targets >= 0) & (targets < vocab_size)
+    return cross_entropy - normalizing_constant + token_z_loss, token_z_loss, correct
+
+
+def weighted_loss(token_loss, token_z_loss, weights, loss_normalizing_factor=None, segment_ids=None):
+    """(total_loss, z_loss_part) of per-position losses [...] under `weights` [...] and
+    `loss_normalizing_factor` (see `normalize_weights`; segment_ids [b, l] for 'AVERAGE_PER_SEQUENCE')."""
     weights, divisor = normalize_weights(weights, loss_normalizing_factor, segment_ids)
     total_loss = jnp.sum(token_loss * weights)
     total_z_loss = jnp.sum(token_z_loss * weights)
     if divisor is not None:
         total_loss = total_loss / divisor
         total_z_loss = total_z_loss / divisor
+    return total_loss, total_z_loss
+
+
+def cross_entropy_with_z_loss(logits, targets, weights=None, z_loss: float = 1e-4, label_smoothing: float = 0.0,
+                              loss_normalizing_factor: Optional[Union[float, str]] = None, segment_ids=None):
+    """Weighted, label-smoothed cross entropy plus z-loss (T5X semantics), summed over tokens.
+
+    Args: logits [..., vocab]; targets [...] int ids; weights [...] (None = all ones); z_loss, label_smoothing
+    see `token_cross_entropy`; loss_normalizing_factor see `normalize_weights`; segment_ids [b, l] only used by
+    'AVERAGE_PER_SEQUENCE' on packed batches.
+    Returns (total_loss, z_loss_part, weight_sum): total_loss already includes z_loss_part; weight_sum is the
+    plain sum of the (unnormalised) weights.
+    """
+    if weights is None:
+        weights = jnp.ones(jnp.shape(targets), jnp.float32)
+    weight_sum = jnp.sum(jnp.asarray(weights, jnp.float32))
+    token_loss, token_z_loss, _ = token_cross_entropy(logits, targets, z_loss, label_smoothing)
+    total_loss, total_z_loss = weighted_loss(token_loss, token_z_loss, weights, loss_normalizing_factor, segment_ids)
     return total_loss, total_z_loss, weight_sum
 
 

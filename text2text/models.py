@@ -77,15 +77,13 @@ class EncoderDecoderModel:
         logits = self._logits(params, batch, dropout_rng)
         targets = batch['decoder_target_tokens']
         weights = self._loss_weights(batch)
-        loss_kwargs = dict(z_loss=self.z_loss, label_smoothing=self.label_smoothing,
-                           segment_ids=batch.get('decoder_segment_ids'))
-        loss, z_loss, weight_sum = losses.cross_entropy_with_z_loss(
-            logits, targets, weights, loss_normalizing_factor=self.loss_normalizing_factor, **loss_kwargs)
-        if self.loss_normalizing_factor is None:
-            loss_sum = loss
-        else:
-            loss_sum, _, _ = losses.cross_entropy_with_z_loss(logits, targets, weights, **loss_kwargs)
-        num_correct = jnp.sum((decoding.argmax(logits) == targets) * weights)
+        token_loss, token_z_loss, correct = losses.token_cross_entropy(logits, targets, self.z_loss,
+                                                                       self.label_smoothing)
+        loss, z_loss = losses.weighted_loss(token_loss, token_z_loss, weights, self.loss_normalizing_factor,
+                                            batch.get('decoder_segment_ids'))
+        loss_sum = loss if self.loss_normalizing_factor is None else jnp.sum(token_loss * weights)
+        weight_sum = jnp.sum(weights)
+        num_correct = jnp.sum(correct * weights)
         metrics = {
             'loss': loss,
             'z_loss': z_loss,
