@@ -40,9 +40,7 @@ def _assert_close(ours, reference):
     dict(learning_rate=0.5, clipping_threshold=None, multiply_by_parameter_scale=False, decay_offset=-3),
     dict(learning_rate=None, momentum=0.9, weight_decay_rate=1e-3, min_dim_size_to_factor=64),
 ])
-@pytest.mark.parametrize('loop_min_size', [0, adafactor.LOOP_MIN_SIZE], ids=['row-loop', 'xla-reductions'])
-def test_equals_optax_over_steps(settings, loop_min_size, monkeypatch):
-    monkeypatch.setattr(adafactor, 'LOOP_MIN_SIZE', loop_min_size)  # both ways of computing the statistics
+def test_equals_optax_over_steps(settings):
     rng = np.random.default_rng(0)
     params = _params(rng)
     ours, reference = adafactor.adafactor(**settings), optax.adafactor(factored=True, **settings)
