@@ -16,8 +16,10 @@ import traceback
 from typing import Any, Callable, Mapping
 
 LEARNING_RATE = 1e-3
+# transformers: errors only (not its 'tied weights' note on our untied exports) and no 'Loading weights' bar.
 ENVIRONMENT = {'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2',
-               'TOKENIZERS_PARALLELISM': 'false', 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
+               'TOKENIZERS_PARALLELISM': 'false', 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1',
+               'TRANSFORMERS_VERBOSITY': 'error', 'HF_HUB_DISABLE_PROGRESS_BARS': '1'}
 
 
 def parse_args(**defaults: int) -> argparse.Namespace:
@@ -135,7 +137,10 @@ def _serve(connection, threads: int, builder: Callable[..., dict], args: tuple) 
     """Worker loop: build the named runners, then answer ('time', name, calls) and ('call', name) requests."""
     try:
         configure(threads)
-        runners = builder(*args)
+        from text2text.console import configure_logging, quiet_native_stderr
+        configure_logging(verbose=False)  # seqio's notes (uncached dataset, evaluator without logger) as in run.py
+        with quiet_native_stderr():  # TensorFlow's start-up lines (e.g. cuInit on a CPU-only machine); errors still show
+            runners = builder(*args)
         connection.send(('ok', sorted(runners)))
         while True:
             request = connection.recv()
