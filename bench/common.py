@@ -139,7 +139,7 @@ def _serve(connection, threads: int, builder: Callable[..., dict], args: tuple) 
         configure(threads)
         from text2text.console import configure_logging, quiet_native_stderr
         configure_logging(verbose=False)  # seqio's notes (uncached dataset, evaluator without logger) as in run.py
-        with quiet_native_stderr():  # TensorFlow's start-up lines (e.g. cuInit on a CPU-only machine); errors still show
+        with quiet_native_stderr():  # TensorFlow's start-up lines (cuInit on a CPU-only machine); errors still show
             runners = builder(*args)
         connection.send(('ok', sorted(runners)))
         while True:

@@ -6,8 +6,8 @@ The task (offline): 'sst2 sentence: <random words>' inputs of 6-110 words (about
 128 / targets 8 tokens. The model is common.bench_config with that vocabulary, random weights (so rows rarely
 emit EOS and both sides decode all 8 steps); our init is exported with text2text.convert.hf and loaded by
 transformers. Ours: TaskEvaluator.evaluate (greedy, batch 32; examples sorted by input length, encoder padding
-cut to `eval_batches.input_width` widths, 4 per octave) including seqio's postprocessing and the accuracy metric; also timed with
-`by_length=False` (every batch at the full 128 inputs). HF: batches of 32 in dataset order, padded to the
+cut to `eval_batches.input_width` widths, 4 per octave) including seqio's postprocessing and the accuracy metric;
+also timed with `by_length=False` (every batch at the full 128 inputs). HF: batches of 32 in dataset order, padded to the
 longest input of each batch (as DataCollatorWithPadding does), `generate(max_new_tokens=8, num_beams=1)`, decoded
 with the same vocabulary, accuracy. Each side in its own worker process on the same CPUs; compile counts are
 jax's backend compilations (jax.monitoring) of the first and of later evaluations. Run:

@@ -26,7 +26,8 @@ def input_width(length: int, full: int, per_octave: int = WIDTHS_PER_OCTAVE) -> 
     `length` is rounded up to a multiple of max(MIN_INPUT_WIDTH, p // per_octave), p the largest power of two
     below `length` (at least MIN_INPUT_WIDTH): with the default 4 that gives 8, 16, 24, ..., 64, 80, 96, 112, 128,
     160, ..., so a batch carries fewer than max(8, length / per_octave) padding columns beyond its longest input
-    (power-of-two widths carry up to `length`), and a whole evaluation compiles at most per_octave * log2(full / 8) + 1 shapes.
+    (power-of-two widths carry up to `length`), and a whole evaluation compiles at most
+    per_octave * log2(full / 8) + 1 shapes.
     Raises ValueError for per_octave < 1.
     """
     if per_octave < 1:
@@ -89,7 +90,8 @@ class BatchCache:
         return per_dataset[key]
 
 
-def run_ahead(batches: Iterable[Batch], run: Callable[[int, dict], Any]) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
+def run_ahead(batches: Iterable[Batch],
+              run: Callable[[int, dict], Any]) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
     """Yields (indices, n_real, numpy result) of run(i, features) for each batch i, in order.
 
     Batch i + 1 is dispatched before batch i's result is fetched: JAX runs jitted calls asynchronously, so the host

@@ -274,8 +274,8 @@ class TaskEvaluator:
         """Runs all eval tasks with `params`; returns {task: {metric: value}} (+ mixture average)
         and appends the metrics to model_dir/metrics.jsonl when model_dir was given."""
         predict_fn = make_predict_fn(
-            self.model, params, self.batch_size, jit_predict=self._jit_predict, seed=self.seed, by_length=self.by_length,
-            batch_cache=self._batch_cache,
+            self.model, params, self.batch_size, jit_predict=self._jit_predict, seed=self.seed,
+            by_length=self.by_length, batch_cache=self._batch_cache,
         )
         score_fn = make_score_fn(self.model, params, self.batch_size, jit_score=self._jit_score,
                                  by_length=self.by_length, batch_cache=self._batch_cache)

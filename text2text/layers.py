@@ -163,7 +163,7 @@ class MultiHeadAttention(nn.Module):
         """Attend inputs_q [b,q,e] to inputs_kv [b,k,e]; `bias` is additive fp32 [b|1, h|1, q, k].
 
         decode=True: self-attention appends this step's K/V to the cache (q = 1 token);
-        with cache_kv_once the K/V of inputs_kv (encoder output) are projected at step 0 and reused.
+        with cache_kv_once the K/V of inputs_kv (encoder output) come from the cache, filled by its creation call.
         """
         query = self._project('query', inputs_q, self._query_init)
         key_axes = 'bkhd'
