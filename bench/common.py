@@ -16,8 +16,10 @@ import traceback
 from typing import Any, Callable, Mapping
 
 LEARNING_RATE = 1e-3
+# transformers: errors only (not its 'tied weights' note on our untied exports) and no 'Loading weights' bar.
 ENVIRONMENT = {'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '2',
-               'TOKENIZERS_PARALLELISM': 'false', 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
+               'TOKENIZERS_PARALLELISM': 'false', 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1',
+               'TRANSFORMERS_VERBOSITY': 'error', 'HF_HUB_DISABLE_PROGRESS_BARS': '1'}
 # The peer runs with the C library's malloc defaults, as its users get them (importing text2text, e.g. for the
 # weight conversion, would otherwise apply text2text.host_memory's settings to its process too).
 PEER_ENVIRONMENT = {'TEXT2TEXT_MALLOC': 'system'}
@@ -140,7 +142,10 @@ def _serve(connection, threads: int, builder: Callable[..., dict], args: tuple,
     try:
         os.environ.update(environment)
         configure(threads)
-        runners = builder(*args)
+        from text2text.console import configure_logging, quiet_native_stderr
+        configure_logging(verbose=False)  # seqio's notes (uncached dataset, evaluator without logger) as in run.py
+        with quiet_native_stderr():  # TensorFlow's start-up lines (cuInit on a CPU-only machine); errors still show
+            runners = builder(*args)
         connection.send(('ok', sorted(runners)))
         while True:
             request = connection.recv()

@@ -12,7 +12,7 @@ import tempfile
 
 import numpy as np
 
-from common import Worker, bench_config, build_gemm, interleaved, load_note, parse_args, peak_note
+from common import PEER_ENVIRONMENT, Worker, bench_config, build_gemm, interleaved, load_note, parse_args, peak_note
 from gpu_mfu import train_flops_per_step
 
 BATCH, INPUTS, NEW_TOKENS = 8, 64, 32
@@ -65,7 +65,7 @@ def main() -> None:
     args = parse_args(rounds=3, steps=3)
     with tempfile.TemporaryDirectory() as checkpoint_dir:
         ours = Worker(args.threads, build_ours, checkpoint_dir)
-        hf = Worker(args.threads, build_hf, checkpoint_dir)
+        hf = Worker(args.threads, build_hf, checkpoint_dir, environment=PEER_ENVIRONMENT)
     ours_tokens, hf_tokens = ours.call('generate'), hf.call('generate')
     assert ours_tokens.shape == hf_tokens.shape == (BATCH, NEW_TOKENS), (ours_tokens.shape, hf_tokens.shape)
     assert (ours_tokens > 1).all() and (hf_tokens > 1).all(), 'a row emitted EOS early; timings would differ'

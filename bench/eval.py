@@ -6,8 +6,8 @@ The task (offline): 'sst2 sentence: <random words>' inputs of 6-110 words (about
 128 / targets 8 tokens. The model is common.bench_config with that vocabulary, random weights (so rows rarely
 emit EOS and both sides decode all 8 steps); our init is exported with text2text.convert.hf and loaded by
 transformers. Ours: TaskEvaluator.evaluate (greedy, batch 32; examples sorted by input length, encoder padding
-cut to power-of-two widths) including seqio's postprocessing and the accuracy metric; also timed with
-`by_length=False` (every batch at the full 128 inputs). HF: batches of 32 in dataset order, padded to the
+cut to `eval_batches.input_width` widths, 4 per octave) including seqio's postprocessing and the accuracy metric;
+also timed with `by_length=False` (every batch at the full 128 inputs). HF: batches of 32 in dataset order, padded to the
 longest input of each batch (as DataCollatorWithPadding does), `generate(max_new_tokens=8, num_beams=1)`, decoded
 with the same vocabulary, accuracy. Each side in its own worker process on the same CPUs; compile counts are
 jax's backend compilations (jax.monitoring) of the first and of later evaluations. Run:
@@ -18,7 +18,7 @@ import tempfile
 
 import numpy as np
 
-from common import Worker, bench_config, build_gemm, interleaved, load_note, parse_args, peak_note
+from common import PEER_ENVIRONMENT, Worker, bench_config, build_gemm, interleaved, load_note, parse_args, peak_note
 from gpu_mfu import train_flops_per_step
 
 TASK = 'bench_eval_sst2_like'
@@ -153,7 +153,7 @@ def main() -> None:
     args = parse_args(rounds=1, steps=1, examples=1000)
     with tempfile.TemporaryDirectory() as directory:
         ours = Worker(args.threads, build_ours, directory, args.examples)
-        hf = Worker(args.threads, build_hf, directory, args.examples)
+        hf = Worker(args.threads, build_hf, directory, args.examples, environment=PEER_ENVIRONMENT)
         print(f'# {load_note()}, threads {args.threads}; {args.examples} examples, batch {BATCH}, '
               f'{args.rounds} interleaved rounds', flush=True)
         times = interleaved({'ours': (ours, 'eval'), 'ours full width': (ours, 'eval full width'),

@@ -12,7 +12,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from text2text import evaluation
+from text2text import eval_batches, evaluation
 from text2text.errors import UserError
 
 VOCAB = seqio.ByteVocabulary()
@@ -229,7 +229,7 @@ def test_tiny_real_model(tasks, tmp_path):
 
 
 def test_length_buckets_give_identical_predictions_scores_and_metrics(tmp_path):
-    """Sorting by input length and cutting encoder padding to power-of-two widths changes neither the tokens,
+    """Sorting by input length and cutting encoder padding to `input_width` widths changes neither the tokens,
     the scores nor the metrics of a real (random tiny) model, and compiles one program per width."""
     from text2text import models
     from text2text.config import get_config
@@ -247,7 +247,7 @@ def test_length_buckets_give_identical_predictions_scores_and_metrics(tmp_path):
         ds = seqio.EncDecFeatureConverter(pack=False)(
             seqio.get_mixture_or_task("eval_test_lengths").get_dataset(lengths, split="validation", shuffle=False),
             lengths).enumerate()
-        widths = {evaluation.input_width(int((ex["encoder_input_tokens"] > 0).sum()), 64)
+        widths = {eval_batches.input_width(int((ex["encoder_input_tokens"] > 0).sum()), 64)
                   for _, ex in ds.as_numpy_iterator()}
         assert len(widths) >= 2  # the test exercises several buckets
         predict, score = evaluation.jit_predict_fn(model), evaluation.jit_score_fn(model)

@@ -152,11 +152,19 @@ def test_cached_decoding_matches_teacher_forcing(config):
                                decode=True, mutable=['cache'], method=model.decode)
     cache, steps = variables['cache'], []
     assert cache['decoder']['layers_0']['self_attention']['cached_key'].shape == (2, 6, 2, 16)
+    # the creation call fills the encoder-decoder K/V, as [b, heads, head_dim, encoder length], and no index
+    cross = cache['decoder']['layers_0']['encoder_decoder_attention']
+    assert set(cross) == {'cached_key', 'cached_value'}
+    kernel = params['decoder']['layers_0']['encoder_decoder_attention']['key']['kernel']
+    np.testing.assert_allclose(cross['cached_key'], (encoded @ kernel).reshape(2, 7, 2, 16).transpose(0, 2, 3, 1),
+                               rtol=1e-5, atol=1e-6)
     for i in range(dec_in.shape[1]):
         logits, variables = step(cache, dec_in[:, i:i + 1])
         cache = variables['cache']
         steps.append(logits)
     np.testing.assert_allclose(jnp.concatenate(steps, 1), expected, atol=1e-5)
+    for name in cross:  # the steps only read them
+        np.testing.assert_array_equal(cache['decoder']['layers_0']['encoder_decoder_attention'][name], cross[name])
     last = f'layers_{config.num_decoder_layers - 1}'
     assert int(cache['decoder'][last]['self_attention']['cache_index']) == 6
 

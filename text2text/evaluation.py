@@ -10,14 +10,14 @@ import difflib
 import json
 import math
 import os
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from text2text import data
+from text2text import data, eval_batches
 from text2text.errors import UserError
 
 MIXTURE_AVERAGE = "mixture average"
@@ -47,46 +47,6 @@ def jit_score_fn(model: Any) -> ScoreJit:
     return jax.jit(score)
 
 
-MIN_INPUT_WIDTH = 8
-
-
-def _input_length(tokens: np.ndarray) -> int:
-    """Position after the last non-padding token of a [length] int row (0 for an all-padding row)."""
-    nonzero = np.flatnonzero(tokens)
-    return int(nonzero[-1]) + 1 if nonzero.size else 0
-
-
-def input_width(length: int, full: int) -> int:
-    """Encoder width of a batch whose longest input has `length` tokens: the smallest power of two >= length
-    (at least MIN_INPUT_WIDTH), at most the feature length `full`, so a whole eval compiles <= log2(full) shapes."""
-    return min(full, max(MIN_INPUT_WIDTH, 1 << max(0, length - 1).bit_length()))
-
-
-def _padded_batches(dataset: tf.data.Dataset, batch_size: int,
-                    by_length: bool) -> Iterator[tuple[np.ndarray, dict, int]]:
-    """Yields (indices, batch, n_real) from an enumerated dataset; the last batch is padded to batch_size.
-
-    Padding repeats the batch's first example so the model never sees a degenerate all-padding row. With
-    `by_length`, examples are sorted by input length (stable) and each batch's `encoder_input_tokens` are cut to
-    `input_width` of its longest input: the padding cut off is masked anyway, so results do not change, and
-    every call has one of a few shapes. Otherwise batches keep the dataset order and the full feature length.
-    """
-    rows = list(dataset.as_numpy_iterator())
-    if by_length:
-        rows.sort(key=lambda row: _input_length(row[1]["encoder_input_tokens"]))
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        n_real = len(chunk)
-        chunk += [chunk[0]] * (batch_size - n_real)
-        indices = np.array([index for index, _ in chunk[:n_real]])
-        features = {key: np.stack([row[key] for _, row in chunk]) for key in chunk[0][1]}
-        if by_length:
-            inputs = features["encoder_input_tokens"]
-            width = input_width(max(_input_length(row) for row in inputs), inputs.shape[1])
-            features["encoder_input_tokens"] = inputs[:, :width]
-        yield indices, features, n_real
-
-
 def make_predict_fn(
     model: Any,
     params: Any,
@@ -95,12 +55,14 @@ def make_predict_fn(
     jit_predict: PredictJit | None = None,
     seed: int = 0,
     by_length: bool = True,
+    batch_cache: eval_batches.BatchCache | None = None,
 ) -> SeqioModelFn:
     """Builds a seqio predict_fn: enumerated dataset -> [(index, token list)] with padding rows dropped.
 
     `jit_predict(params, batch, rng)` defaults to `jit_predict_fn(model, decode_kwargs)`; pass a
     prebuilt (e.g. partitioned) one to avoid recompiling. Batch i gets rng fold_in(PRNGKey(seed), i)
-    (with `by_length`, batches of length-sorted examples: see `_padded_batches`).
+    (with `by_length`, batches of length-sorted examples: see `eval_batches.padded_batches`); `batch_cache` keeps
+    each dataset's batches for later calls.
     """
     _check_batch_size(batch_size)
     predict = jit_predict or jit_predict_fn(model, decode_kwargs)
@@ -109,8 +71,12 @@ def make_predict_fn(
     def predict_fn(dataset: tf.data.Dataset, model_feature_shapes: Any = None) -> list:
         del model_feature_shapes
         out = []
-        for i, (indices, batch, n_real) in enumerate(_padded_batches(dataset, batch_size, by_length)):
-            tokens = np.asarray(jax.device_get(predict(params, batch, jax.random.fold_in(base_rng, i))))
+        batches = _batches(batch_cache, dataset, batch_size, by_length)
+
+        def run(i, batch):
+            return predict(params, batch, jax.random.fold_in(base_rng, i))
+
+        for indices, n_real, tokens in eval_batches.run_ahead(batches, run):
             out.extend((int(idx), row.tolist()) for idx, row in zip(indices[:n_real], tokens[:n_real]))
         return out
 
@@ -118,11 +84,13 @@ def make_predict_fn(
 
 
 def make_score_fn(
-    model: Any, params: Any, batch_size: int, jit_score: ScoreJit | None = None, by_length: bool = True
+    model: Any, params: Any, batch_size: int, jit_score: ScoreJit | None = None, by_length: bool = True,
+    batch_cache: eval_batches.BatchCache | None = None,
 ) -> SeqioModelFn:
     """Builds a seqio score_fn: enumerated dataset -> [(index, summed target log-likelihood)].
 
-    `jit_score(params, batch)` defaults to `jit_score_fn(model)`; `by_length` as in `_padded_batches`.
+    `jit_score(params, batch)` defaults to `jit_score_fn(model)`; `by_length` and `batch_cache` as in
+    `make_predict_fn`.
     """
     _check_batch_size(batch_size)
     score = jit_score or jit_score_fn(model)
@@ -130,12 +98,20 @@ def make_score_fn(
     def score_fn(dataset: tf.data.Dataset, model_feature_shapes: Any = None) -> list:
         del model_feature_shapes
         out = []
-        for indices, batch, n_real in _padded_batches(dataset, batch_size, by_length):
-            scores = np.asarray(jax.device_get(score(params, batch)), dtype=np.float64)
+        batches = _batches(batch_cache, dataset, batch_size, by_length)
+        for indices, n_real, scores in eval_batches.run_ahead(batches, lambda _, batch: score(params, batch)):
+            scores = scores.astype(np.float64)
             out.extend((int(idx), float(s)) for idx, s in zip(indices[:n_real], scores[:n_real]))
         return out
 
     return score_fn
+
+
+def _batches(cache: eval_batches.BatchCache | None, dataset: tf.data.Dataset, batch_size: int,
+             by_length: bool) -> list[eval_batches.Batch]:
+    if cache is None:
+        return eval_batches.padded_batches(dataset, batch_size, by_length)
+    return cache.get(dataset, batch_size, by_length)
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -245,8 +221,8 @@ def _append_metrics_jsonl(model_dir: str, step: int | None, results: Mapping[str
 
 class TaskEvaluator:
     """Caches a seqio.Evaluator and the jitted model functions, so repeated evals (e.g. every N training
-    steps) neither rebuild the eval data nor recompile. `by_length` (default) sorts examples by input length
-    and cuts each batch's encoder padding to a power-of-two width (see `_padded_batches`)."""
+    steps) neither rebuild the eval data and its batches nor recompile. `by_length` (default) sorts examples by
+    input length and cuts each batch's encoder padding to a few widths (see `eval_batches.input_width`)."""
 
     def __init__(
         self,
@@ -292,15 +268,17 @@ class TaskEvaluator:
         self._jit_predict = jit_predict or jit_predict_fn(model, decode_kwargs)
         self._jit_score = jit_score or jit_score_fn(model)
         self.by_length = by_length
+        self._batch_cache = eval_batches.BatchCache()
 
     def evaluate(self, params: Any, step: int | None = None) -> dict[str, dict[str, Any]]:
         """Runs all eval tasks with `params`; returns {task: {metric: value}} (+ mixture average)
         and appends the metrics to model_dir/metrics.jsonl when model_dir was given."""
         predict_fn = make_predict_fn(
-            self.model, params, self.batch_size, jit_predict=self._jit_predict, seed=self.seed, by_length=self.by_length
+            self.model, params, self.batch_size, jit_predict=self._jit_predict, seed=self.seed,
+            by_length=self.by_length, batch_cache=self._batch_cache,
         )
         score_fn = make_score_fn(self.model, params, self.batch_size, jit_score=self._jit_score,
-                                 by_length=self.by_length)
+                                 by_length=self.by_length, batch_cache=self._batch_cache)
         future, _ = self.evaluator.evaluate(
             compute_metrics=True, step=step, predict_fn=predict_fn, score_fn=score_fn
         )

@@ -163,11 +163,13 @@ class MultiHeadAttention(nn.Module):
         """Attend inputs_q [b,q,e] to inputs_kv [b,k,e]; `bias` is additive fp32 [b|1, h|1, q, k].
 
         decode=True: self-attention appends this step's K/V to the cache (q = 1 token);
-        with cache_kv_once the K/V of inputs_kv (encoder output) are projected at step 0 and reused.
+        with cache_kv_once the K/V of inputs_kv (encoder output) come from the cache, filled by its creation call.
         """
         query = self._project('query', inputs_q, self._query_init)
+        key_axes = 'bkhd'
         if decode and cache_kv_once:
             key, value = self._cached_cross_kv(inputs_kv)
+            key_axes = 'bhdk'
         else:
             key, value = self._project_kv(inputs_kv)
             if decode:
@@ -175,7 +177,7 @@ class MultiHeadAttention(nn.Module):
         if self.peft is not None:
             key, value, bias = self.peft.attention_kv(self, key, value, bias)
 
-        logits = jnp.einsum('bqhd,bkhd->bhqk', query, key, preferred_element_type=jnp.float32)
+        logits = jnp.einsum(f'bqhd,{key_axes}->bhqk', query, key, preferred_element_type=jnp.float32)
         if bias is not None:
             logits = logits + bias
         weights = jax.nn.softmax(logits, axis=-1)
@@ -183,7 +185,7 @@ class MultiHeadAttention(nn.Module):
             keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout_rate,
                                         (*weights.shape[:2], 1, weights.shape[-1]))
             weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0)
-        out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(self.dtype), value)
+        out = jnp.einsum(f'bhqk,{key_axes}->bqhd', weights.astype(self.dtype), value)
         out = out.reshape(*out.shape[:2], self.num_heads * self.head_dim)
         return Dense(inputs_q.shape[-1], ('joined_kv', 'embed'), attention_kernel_init, self.dtype, peft=self.peft,
                      name='out')(out)
@@ -208,19 +210,18 @@ class MultiHeadAttention(nn.Module):
         return cached_key.value, cached_value.value, bias
 
     def _cached_cross_kv(self, inputs_kv):
-        """Encoder-decoder K/V, projected once (when cache_index == 0) and kept in the cache."""
-        initialized = self.has_variable('cache', 'cached_key')
-        shape = (*inputs_kv.shape[:2], self.num_heads, self.head_dim)
-        cached_key = self.variable('cache', 'cached_key', jnp.zeros, shape, self.dtype)
-        cached_value = self.variable('cache', 'cached_value', jnp.zeros, shape, self.dtype)
-        cache_index = self.variable('cache', 'cache_index', lambda: jnp.array(0, dtype=jnp.int32))
-        if not initialized:  # cache creation call: create the projection params, fill the cache at step 0
-            return self._project_kv(inputs_kv)
-        key, value = nn.cond(cache_index.value == 0, MultiHeadAttention._project_kv,
-                             lambda mdl, _: (mdl.get_variable('cache', 'cached_key'),
-                                             mdl.get_variable('cache', 'cached_value')), self, inputs_kv)
-        cached_key.value, cached_value.value = key, value
-        cache_index.value = cache_index.value + 1
+        """Encoder-decoder K/V as [b, heads, head_dim, encoder length], projected once by the cache creation call
+        and only read by the decode steps.
+
+        The steps neither recompute nor write them, so a jitted decode loop carries them unchanged, and they are
+        stored in the layout XLA:CPU's per-step attention dots read (with [b, k, h, d] it transposed both arrays
+        of every layer at every step).
+        """
+        if self.has_variable('cache', 'cached_key'):
+            return self.get_variable('cache', 'cached_key'), self.get_variable('cache', 'cached_value')
+        key, value = (jnp.transpose(x, (0, 2, 3, 1)) for x in self._project_kv(inputs_kv))
+        self.put_variable('cache', 'cached_key', key)
+        self.put_variable('cache', 'cached_value', value)
         return key, value
 
     def _project_kv(self, inputs_kv):
