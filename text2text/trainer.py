@@ -310,7 +310,9 @@ def train(
     checkpoint at the current step and returns normally. A second run on the same MODEL_DIR stops at the start
     with a UserError naming the first (`run_lock`). `shuffle=False` reads the examples in order (each
     host its `jax.process_index()`-th shard of them), e.g. to compare runs exactly. Returns the final step, the
-    last train metrics, the last eval results, the number of skipped steps and whether the run was preempted.
+    last train metrics, the last eval results, the number of skipped steps, whether the run was preempted, the
+    final state, host seconds per loop phase (`reporting.HostTimer.summary`) and the jitted
+    `step_fn(state, batch, rng) -> (state, metrics)` (state donated; call it inside `partitioning.mesh_context`).
     """
     partitioning.maybe_initialize_distributed()
     _validate(train_steps, batch_size, num_microbatches, model_dir, task_feature_lengths,
@@ -394,4 +396,4 @@ def train(
         run.metrics_log.close()
         reporting.plot_loss(model_dir)
         return {"step": int(run.state.step), "metrics": last_metrics, "eval": eval_results, "state": run.state,
-                "skipped_steps": guard.skipped, "preempted": preempted, "host_time": host}
+                "skipped_steps": guard.skipped, "preempted": preempted, "host_time": host, "step_fn": run.step_fn}
