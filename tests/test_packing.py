@@ -155,3 +155,14 @@ def test_get_dataset_packs_a_task_of_fixed_length_examples(width, lengths):
     np.testing.assert_array_equal(tokens[tokens > 0], expected)
     per_row = lengths['inputs'] // min(width + 1, lengths['inputs'])  # 2 examples of 7 tokens in 16; 1 of 8 in 8
     assert sum(int((b['encoder_segment_ids'] > 0).any(axis=1).sum()) for b in batches) == 10 // per_row
+
+
+def test_first_fit_places_each_example_in_the_lowest_row_with_room_in_every_feature():
+    """Hand-worked placement: capacity (4, 2); in order, examples 0 and 1 open rows 0 and 1, example 2 fits row 0's
+    inputs but not its targets (2 + 1 > 2), so it goes to row 1; example 3 opens row 2."""
+    lengths = np.array([[3, 2], [2, 1], [1, 1], [4, 1]], np.int32)
+    rows, offsets, segment_ids, num_rows = packing._first_fit(lengths, np.arange(4), np.array([4, 2], np.int32))
+    np.testing.assert_array_equal(rows, [0, 1, 1, 2])
+    np.testing.assert_array_equal(offsets, [[0, 0], [0, 0], [2, 1], [0, 0]])
+    np.testing.assert_array_equal(segment_ids, [1, 1, 2, 1])
+    assert num_rows == 3

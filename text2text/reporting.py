@@ -64,6 +64,7 @@ class HostTimer:
     def __init__(self):
         self.seconds: dict[str, float] = collections.defaultdict(float)
         self._start = time.perf_counter()
+        self._start_cpu = time.process_time()
 
     def reset(self) -> None:
         """Starts over (e.g. after the first step, whose dispatch includes compilation)."""
@@ -78,12 +79,14 @@ class HostTimer:
             self.seconds[name] += time.perf_counter() - start
 
     def summary(self, steps: int, overhead: tuple[str, ...]) -> dict:
-        """{'steps', 'loop_seconds', 'seconds': {phase: s}, 'overhead_fraction'}: the `overhead` phases' share of
-        the loop (an upper bound on what they cost: data fetched while the device runs the previous step)."""
+        """{'steps', 'loop_seconds', 'loop_cpu_seconds', 'seconds': {phase: s}, 'overhead_fraction'}: wall and
+        process CPU seconds (all threads: host and, on CPU backends, the step itself) since the start or `reset`,
+        and the `overhead` phases' share of the loop's wall time (an upper bound on what they cost: data fetched
+        while the device runs the previous step)."""
         total = time.perf_counter() - self._start
         spent = sum(self.seconds[name] for name in overhead)
-        return {"steps": steps, "loop_seconds": total, "seconds": dict(self.seconds),
-                "overhead_fraction": spent / total if total > 0 else 0.0}
+        return {"steps": steps, "loop_seconds": total, "loop_cpu_seconds": time.process_time() - self._start_cpu,
+                "seconds": dict(self.seconds), "overhead_fraction": spent / total if total > 0 else 0.0}
 
 
 class MetricsLog:

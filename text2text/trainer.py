@@ -16,7 +16,7 @@ import optax
 import seqio
 from jax.experimental import multihost_utils
 
-from text2text import checkpoints, data, evaluation, optim, partitioning, pretrained, reporting, run_lock
+from text2text import checkpoints, data, evaluation, optim, partitioning, prefetch, pretrained, reporting, run_lock
 from text2text.errors import UserError
 from text2text.models import EncoderDecoderModel
 from text2text.train_state import TrainState, make_train_step
@@ -310,7 +310,9 @@ def train(
     checkpoint at the current step and returns normally. A second run on the same MODEL_DIR stops at the start
     with a UserError naming the first (`run_lock`). `shuffle=False` reads the examples in order (each
     host its `jax.process_index()`-th shard of them), e.g. to compare runs exactly. Returns the final step, the
-    last train metrics, the last eval results, the number of skipped steps and whether the run was preempted.
+    last train metrics, the last eval results, the number of skipped steps, whether the run was preempted, the
+    final state, host seconds per loop phase (`reporting.HostTimer.summary`) and the jitted
+    `step_fn(state, batch, rng) -> (state, metrics)` (state donated; call it inside `partitioning.mesh_context`).
     """
     partitioning.maybe_initialize_distributed()
     _validate(train_steps, batch_size, num_microbatches, model_dir, task_feature_lengths,
@@ -346,15 +348,17 @@ def train(
         guard = _NonfiniteGuard(skip_nonfinite_steps, max_skipped_in_a_row, run, model_dir)
         timer = reporting.HostTimer()
         pending, preempted = None, False  # (step, finite flag), read one step late to keep the device busy
+        # batches are read and put on the devices up to 2 steps ahead in a thread; batches.state() stays exact
+        batches = prefetch.Prefetcher(run.iterator, lambda batch: (partitioning.shard_batch(batch, run.mesh),
+                                                                   _tokens(batch)))
         try:
             with partitioning.mesh_context(run.mesh, run.rules):  # once: entered per step, it slows every dispatch
                 for step in range(start_step + 1, train_steps + 1):
                     if step == start_step + 2:
                         timer.reset()  # the first step's dispatch compiles
                     with timer.phase("data"):
-                        batch = next(run.iterator)
-                        tokens_since_log += _tokens(batch)
-                        sharded = partitioning.shard_batch(batch, run.mesh)
+                        sharded, tokens = next(batches)
+                        tokens_since_log += tokens
                     with timer.phase("dispatch"):
                         run.state, metrics = run.step_fn(run.state, sharded, rng)
                     finite = metrics.pop("finite")
@@ -375,7 +379,7 @@ def train(
                         with timer.phase("checkpoint"):
                             guard.check(*pending)
                             pending = None
-                            run.manager.save(step, run.state, run.iterator.state(), force=True)
+                            run.manager.save(step, run.state, batches.state(), force=True)
                     if preempted:
                         progress.message(f"preempted: saved a checkpoint at step {step} in {model_dir}; "
                                          "rerun the same command to resume")
@@ -385,6 +389,7 @@ def train(
                             eval_results = evaluator.evaluate(run.state.params, step=step)
                         progress.message(f"eval at step {step}:\n{evaluation.format_metrics_table(eval_results)}")
         finally:
+            batches.close()
             preemption.uninstall()
         host = timer.summary(max(int(run.state.step) - start_step - 1, 0), HOST_OVERHEAD_PHASES)
         logging.getLogger(__name__).debug("host time per phase (s): %s; host overhead %.1f%% of the loop",
@@ -394,4 +399,4 @@ def train(
         run.metrics_log.close()
         reporting.plot_loss(model_dir)
         return {"step": int(run.state.step), "metrics": last_metrics, "eval": eval_results, "state": run.state,
-                "skipped_steps": guard.skipped, "preempted": preempted, "host_time": host}
+                "skipped_steps": guard.skipped, "preempted": preempted, "host_time": host, "step_fn": run.step_fn}
