@@ -35,21 +35,12 @@ def _assert_close(ours, reference):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * scale, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.fixture(params=['xla_reductions', 'row_loops'])
-def matrix_statistics(request, monkeypatch):
-    """Runs a test with every matrix's statistics on XLA's reductions (the path of these small leaves), then on
-    the row loops that large leaves (LOOP_MIN_SIZE elements or more, e.g. a 32k vocabulary's embedding) take."""
-    if request.param == 'row_loops':
-        monkeypatch.setattr(adafactor, 'LOOP_MIN_SIZE', 0)
-    return request.param
-
-
 @pytest.mark.parametrize('settings', [
     dict(learning_rate=optim.constant_schedule(1e-2)),  # T5X's defaults
     dict(learning_rate=0.5, clipping_threshold=None, multiply_by_parameter_scale=False, decay_offset=-3),
     dict(learning_rate=None, momentum=0.9, weight_decay_rate=1e-3, min_dim_size_to_factor=64),
 ])
-def test_equals_optax_over_steps(settings, matrix_statistics):
+def test_equals_optax_over_steps(settings):
     rng = np.random.default_rng(0)
     params = _params(rng)
     ours, reference = adafactor.adafactor(**settings), optax.adafactor(factored=True, **settings)

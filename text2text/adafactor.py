@@ -11,9 +11,7 @@ What differs is only how the statistics of a 2-D factored leaf are computed: XLA
 major axis of a matrix (e.g. the vocab axis of T5X's [embed, vocab] logits kernel) as a slow strided loop, and
 a reduction with broadcast factors (the RMS of the factored update, for clipping) does not vectorise. Column
 sums of the squared gradient and that RMS are a loop over blocks of rows instead (`_column_sums_of_squares`),
-with no temporary of the gradient's size, for matrices of LOOP_MIN_SIZE elements or more (a 32k vocabulary's
-embedding or logits kernel); row sums, and every statistic of smaller matrices, stay XLA reductions, which
-are faster there (the benchmark model's update: ~15% less time at one thread). Results match
+with no temporary of the gradient's size; row sums stay XLA reductions over the contiguous axis. Results match
 optax within float32 rounding of the different summation order (tests/test_adafactor.py checks 1e-6
 relative); bench/optimizer.py times it against optax and transformers.
 """
@@ -59,7 +57,6 @@ def factored_dims(shape: tuple[int, ...], min_dim_size_to_factor: int) -> tuple[
     return int(order[-2]), int(order[-1])
 
 
-LOOP_MIN_SIZE = 1 << 20  # matrices with fewer elements take XLA's own reductions, faster at these sizes
 ROW_BLOCK = 8  # rows added per loop iteration in `_column_sums`
 ROW_WIDTH = 16384  # elements per row that `_column_sums` reshapes narrow matrices to
 
@@ -101,7 +98,7 @@ def _column_sums_of_squares(x: jax.Array, row_weights: jax.Array | None = None) 
 
 def _mean_of_squares(x: jax.Array, axis: int) -> jax.Array:
     """mean(x ** 2, axis) without an [x.shape] temporary; matrices only take the fast paths."""
-    if x.ndim != 2 or x.size < LOOP_MIN_SIZE:
+    if x.ndim != 2:
         return jnp.mean(jnp.square(x), axis=axis)
     if axis == 1:
         return jnp.mean(jnp.square(x), axis=1)  # contiguous rows: a fused, vectorised reduction
@@ -112,7 +109,7 @@ def _factored_update_square_mean(grad: jax.Array, row_factor: jax.Array, col_fac
                                  d1: int, d0: int) -> jax.Array:
     """mean((grad * expand(row_factor, d0) * expand(col_factor, d1)) ** 2), weighting grad's rows by the factor
     that varies along axis 0 and the resulting column sums by the other."""
-    if grad.ndim != 2 or grad.size < LOOP_MIN_SIZE:
+    if grad.ndim != 2:
         return jnp.mean(jnp.square(grad * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1)))
     # row_factor varies along axis d1, col_factor along axis d0
     along_axis0, along_axis1 = (row_factor, col_factor) if d0 == 1 else (col_factor, row_factor)
