@@ -1,5 +1,5 @@
 """Test-wide environment: quiet TensorFlow, no cloud metadata lookups, no GPU probing; the modules the tests import
-kept out of the garbage collector's full passes."""
+kept out of the garbage collector's full passes; test files with `slow` tests scheduled first."""
 import gc
 import os
 
@@ -20,3 +20,13 @@ def pytest_collection_finish(session):
     del session
     gc.collect()
     gc.freeze()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Moves the test files that hold a `slow` test (a minute or more each) to the front, keeping the order within
+    and among files otherwise. pytest-xdist's `--dist loadfile` hands whole files to the workers in collection
+    order, so the longest files start first and the short ones fill in behind them instead of one long file
+    running alone at the end (longest-processing-time-first scheduling)."""
+    del session, config
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

@@ -148,6 +148,7 @@ def _reference(shared) -> str:
     return reference_dir
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_matches_uninterrupted_run(tmp_path, shared):
     cache = shared[0]
     rng = random.Random(1234)

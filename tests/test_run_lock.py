@@ -113,6 +113,7 @@ def _command(model_dir):
             "--gin.config.get_config.num_encoder_layers=1", "--gin.config.get_config.num_decoder_layers=1"]
 
 
+@pytest.mark.slow
 def test_second_run_refuses_eval_reads_and_kill_9_then_resume(tmp_path):
     from test_faults import Child, _env
     from text2text import checkpoints, run_lock

@@ -106,6 +106,7 @@ def test_every_t5_task_and_mixture_is_registered_and_registries_are_restored(reg
         assert seqio.get_mixture_or_task(name) is registries.tasks[name]
 
 
+@pytest.mark.slow
 def test_examples_match_except_documented(comparisons):
     differing = {(name, "examples") for name, (result, _) in comparisons.items() if result.differences}
     assert differing == {key for key in DIFFERENCES if key[1] == "examples"}, {
