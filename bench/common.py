@@ -209,22 +209,31 @@ def interleaved(runners: dict[str, tuple[Worker, str]], rounds: int, calls: int)
 
 
 GEMM_SIZE = 1024
+# matmuls per 'gemm' call, dispatched back to back: one ~10 ms call timed alone after other work (e.g. once per
+# round in eval.py) includes waking XLA's idle threads and read 30-50% below the peak at 2 threads
+GEMM_REPEATS = 8
 
 
 def build_gemm(size: int = GEMM_SIZE) -> dict:
-    """Runner 'gemm': one jitted fp32 [size, size] @ [size, size] matmul in JAX (the machine's GEMM peak)."""
+    """Runner 'gemm': GEMM_REPEATS jitted fp32 [size, size] @ [size, size] matmuls in JAX, blocking on the last
+    (the machine's GEMM peak)."""
     import jax
     import jax.numpy as jnp
     a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
     b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
     matmul = jax.jit(jnp.matmul)
     jax.block_until_ready(matmul(a, b))
-    return {'gemm': lambda: jax.block_until_ready(matmul(a, b))}
+
+    def gemm():
+        products = [matmul(a, b) for _ in range(GEMM_REPEATS)]
+        jax.block_until_ready(products)
+
+    return {'gemm': gemm}
 
 
 def gemm_gflops(seconds: float, size: int = GEMM_SIZE) -> float:
-    """GFLOP/s of one `build_gemm` call that took `seconds` (2 size^3 FLOPs)."""
-    return 2 * size ** 3 / seconds / 1e9
+    """GFLOP/s of one `build_gemm` call that took `seconds` (GEMM_REPEATS x 2 size^3 FLOPs)."""
+    return GEMM_REPEATS * 2 * size ** 3 / seconds / 1e9
 
 
 def peak_note(gemm_seconds: float, flops: float | None = None, seconds: float | None = None) -> str:
