@@ -25,9 +25,12 @@ ENVIRONMENT = {'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_L
 PEER_ENVIRONMENT = {'TEXT2TEXT_MALLOC': 'system'}
 
 
-def parse_args(**defaults: int) -> argparse.Namespace:
-    """--threads (default: all allowed CPUs), --rounds, --steps and the int options given in `defaults`."""
+def parse_args(dtype: bool = False, **defaults: int) -> argparse.Namespace:
+    """--threads (default: all allowed CPUs), --rounds, --steps, the int options given in `defaults` and, with
+    `dtype`, --dtype (the model's activation dtype: float32, or bfloat16 as T5X's T5.1.1 configs train)."""
     parser = argparse.ArgumentParser()
+    if dtype:
+        parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
     parser.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument('--rounds', type=int, default=defaults.pop('rounds', 5))
     parser.add_argument('--steps', type=int, default=defaults.pop('steps', 5), help='timed calls per round')
@@ -102,14 +105,17 @@ class OurTrainer:
 
 class HfTrainer:
     """HF T5ForConditionalGeneration train step (torch eager) with transformers' Adafactor set like T5X's:
-    fixed lr, scale_parameter (relative step size), no relative_step schedule, decay -0.8, clip 1.0, no momentum."""
+    fixed lr, scale_parameter (relative step size), no relative_step schedule, decay -0.8, clip 1.0, no momentum.
+    With `autocast`, the forward runs under torch.autocast('cpu', bfloat16), torch's mixed precision on CPU
+    (fp32 weights and optimizer, bf16 matmuls)."""
 
-    def __init__(self, config):
+    def __init__(self, config, autocast: bool = False):
         import transformers
         self.model = hf_model(config, train=True)
         self.optimizer = transformers.optimization.Adafactor(
             self.model.parameters(), lr=LEARNING_RATE, scale_parameter=True, relative_step=False,
             warmup_init=False, clip_threshold=1.0, decay_rate=-0.8, beta1=None)
+        self.autocast = autocast
 
     @staticmethod
     def prepare(batch: Mapping[str, Any]) -> dict:
@@ -121,18 +127,23 @@ class HfTrainer:
                 'decoder_input_ids': torch.from_numpy(batch['decoder_input_tokens']).long(),
                 'labels': torch.where(targets > 0, targets, torch.full_like(targets, -100))}
 
+    def _loss(self, batch):
+        import torch
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.autocast):
+            return self.model(**batch).loss
+
     def step(self, batch) -> None:
-        self.model(**batch).loss.backward()
+        self._loss(batch).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def forward(self, batch) -> None:
         import torch
         with torch.no_grad():
-            self.model(**batch)
+            self._loss(batch)
 
     def forward_backward(self, batch) -> None:
-        self.model(**batch).loss.backward()
+        self._loss(batch).backward()
         self.model.zero_grad(set_to_none=True)
 
 
@@ -214,21 +225,24 @@ GEMM_SIZE = 1024
 GEMM_REPEATS = 8
 
 
-def build_gemm(size: int = GEMM_SIZE) -> dict:
-    """Runner 'gemm': GEMM_REPEATS jitted fp32 [size, size] @ [size, size] matmuls in JAX, blocking on the last
-    (the machine's GEMM peak)."""
+def build_gemm(size: int = GEMM_SIZE, dtype: str = 'float32') -> dict:
+    """Runner 'gemm' (fp32) or 'gemm_bfloat16' (bf16 operands, fp32 accumulation, the product the model's bf16
+    layers run): GEMM_REPEATS jitted [size, size] @ [size, size] matmuls in JAX, blocking on the last (the
+    machine's GEMM peak in that precision)."""
+    import functools
+
     import jax
     import jax.numpy as jnp
-    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32).astype(dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32).astype(dtype)
+    matmul = jax.jit(functools.partial(jnp.matmul, preferred_element_type=jnp.float32))
     jax.block_until_ready(matmul(a, b))
 
     def gemm():
         products = [matmul(a, b) for _ in range(GEMM_REPEATS)]
         jax.block_until_ready(products)
 
-    return {'gemm': gemm}
+    return {'gemm' if dtype == 'float32' else f'gemm_{dtype}': gemm}
 
 
 def gemm_gflops(seconds: float, size: int = GEMM_SIZE) -> float:
@@ -236,11 +250,12 @@ def gemm_gflops(seconds: float, size: int = GEMM_SIZE) -> float:
     return GEMM_REPEATS * 2 * size ** 3 / seconds / 1e9
 
 
-def peak_note(gemm_seconds: float, flops: float | None = None, seconds: float | None = None) -> str:
-    """'GEMM peak P GFLOP/s' (median of interleaved `build_gemm` calls), and '; X GFLOP/s = Y% of it' for a
-    computation of `flops` FLOPs that took `seconds`."""
+def peak_note(gemm_seconds: float, flops: float | None = None, seconds: float | None = None,
+              precision: str = 'fp32') -> str:
+    """'<precision> GEMM peak P GFLOP/s' (median of interleaved `build_gemm` calls), and '; X GFLOP/s = Y% of it'
+    for a computation of `flops` FLOPs that took `seconds`."""
     peak = gemm_gflops(gemm_seconds)
-    note = f'fp32 GEMM peak {peak:.1f} GFLOP/s (jax, {GEMM_SIZE}^3)'
+    note = f'{precision} GEMM peak {peak:.1f} GFLOP/s (jax, {GEMM_SIZE}^3)'
     if flops is not None and seconds is not None:
         rate = flops / seconds / 1e9
         note += f'; {rate:.1f} GFLOP/s = {rate / peak:.0%} of it'

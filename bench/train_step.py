@@ -1,11 +1,15 @@
 """Train-step speed: our jitted Adafactor step vs transformers' T5ForConditionalGeneration (torch eager, CPU).
 
-Same shape (common.bench_config), batch 8, inputs 128, targets 32, fp32, the same random tokens; each framework
-in its own worker process with the same CPUs/threads; steady state (compile and warm-up excluded), interleaved
-rounds, medians; HF runs with glibc's malloc defaults, as its users get them, and also a second time with
-text2text's settings (text2text.host_memory); prints the fp32 GEMM peak measured in the same rounds and the % of
-it each framework's step reaches (model FLOPs of gpu_mfu.train_flops_per_step / step time). Run from the repo root:
-`.venv/bin/python bench/train_step.py [--threads N] [--rounds R] [--steps S] [--parts]`.
+Same shape (common.bench_config), batch 8, inputs 128, targets 32, the same random tokens; each framework in its
+own worker process with the same CPUs/threads; steady state (compile and warm-up excluded), interleaved rounds,
+medians; HF runs with glibc's malloc defaults, as its users get them, and also a second time with text2text's
+settings (text2text.host_memory); prints the fp32 GEMM peak measured in the same rounds and the % of it each
+framework's step reaches (model FLOPs of gpu_mfu.train_flops_per_step / step time).
+
+`--dtype bfloat16` trains ours with bf16 activations (fp32 parameters and optimizer, T5X's T5.1.1 default) and
+adds HF under torch.autocast(bfloat16) as a second peer, and the bf16 GEMM peak (bf16 operands, fp32
+accumulation). Run from the repo root:
+`.venv/bin/python bench/train_step.py [--threads N] [--rounds R] [--steps S] [--parts] [--dtype bfloat16]`.
 """
 import numpy as np
 
@@ -27,31 +31,39 @@ def random_batch(vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
             'decoder_target_tokens': targets, 'decoder_loss_weights': np.ones_like(targets)}
 
 
-def build(framework: str) -> dict:
-    """Runners 'step', 'fwd', 'fwd+bwd' of one framework on the benchmark batch, compiled and warmed up."""
-    config = bench_config()
+def build(framework: str, dtype: str = 'float32') -> dict:
+    """Runners 'step', 'fwd', 'fwd+bwd' of one framework ('ours', 'hf' or 'hf-autocast') on the benchmark batch,
+    compiled and warmed up; ours with `dtype` activations and the GEMM peak runners."""
+    config = bench_config(dtype=dtype)
     batch = random_batch(config.vocab_size)
-    trainer = OurTrainer(config, batch) if framework == 'ours' else HfTrainer(config)
+    trainer = OurTrainer(config, batch) if framework == 'ours' else HfTrainer(config, framework == 'hf-autocast')
     prepared = trainer.prepare(batch)
     runners = {'step': lambda: trainer.step(prepared), 'fwd': lambda: trainer.forward(prepared),
                'fwd+bwd': lambda: trainer.forward_backward(prepared)}
     for run in runners.values():
         run()
         run()
-    return {**runners, **build_gemm()} if framework == 'ours' else runners
+    if framework != 'ours':
+        return runners
+    return {**runners, **build_gemm(), **(build_gemm(dtype=dtype) if dtype != 'float32' else {})}
 
 
 def main() -> None:
-    args = parse_args()
-    workers = {'ours': Worker(args.threads, build, 'ours'),
+    args = parse_args(dtype=True)
+    bf16 = args.dtype == 'bfloat16'
+    workers = {'ours': Worker(args.threads, build, 'ours', args.dtype),
                'HF': Worker(args.threads, build, 'hf', environment=PEER_ENVIRONMENT),
                'HF, our malloc settings': Worker(args.threads, build, 'hf')}
+    if bf16:
+        workers['HF bf16 autocast'] = Worker(args.threads, build, 'hf-autocast', environment=PEER_ENVIRONMENT)
     parts = ('step', 'fwd', 'fwd+bwd') if args.parts else ('step',)
     runners = {(side, part): (worker, part) for part in parts for side, worker in workers.items()
                if part == 'step' or side != 'HF, our malloc settings'}
     runners['gemm'] = (workers['ours'], 'gemm')
-    print(f'# {load_note()}, threads {args.threads} (XLA and torch); {args.rounds} interleaved rounds x '
-          f'{args.steps} steps; median s/step', flush=True)
+    if bf16:
+        runners['gemm_bfloat16'] = (workers['ours'], 'gemm_bfloat16')
+    print(f'# {load_note()}, threads {args.threads} (XLA and torch); ours in {args.dtype}; {args.rounds} '
+          f'interleaved rounds x {args.steps} steps; median s/step', flush=True)
     times = interleaved(runners, args.rounds, args.steps)
     for worker in workers.values():
         worker.close()
@@ -62,9 +74,14 @@ def main() -> None:
     ours, hf = times['ours', 'step'], times['HF', 'step']
     flops = train_flops_per_step(bench_config(), BATCH, INPUTS, TARGETS)
     print(f'# ours: {peak_note(times["gemm"], flops, ours)}')
+    if bf16:
+        print(f'# ours: {peak_note(times["gemm_bfloat16"], flops, ours, precision="bf16")}')
     print(f'# HF: {peak_note(times["gemm"], flops, hf)}')
     tuned = times['HF, our malloc settings', 'step']
     print(f'# HF with text2text.host_memory\'s malloc settings: {tuned:.4f} s/step, ours / it {ours / tuned:.2f}')
+    if bf16:
+        autocast = times['HF bf16 autocast', 'step']
+        print(f'# HF under torch.autocast(bfloat16): {autocast:.4f} s/step, ours / it {ours / autocast:.2f}')
     print(f'train_step: ours {ours:.4f} s/step, HF {hf:.4f} s/step, ratio {ours / hf:.2f}')
 
 

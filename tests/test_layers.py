@@ -1,0 +1,79 @@
+"""The projection layers' product and its CPU gradient: fp32 equal to autodiff, bf16 on XLA:CPU's bf16 GEMM."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from text2text.layers import Dense
+
+
+def _dense(dtype, output_dtype=None, features=96):
+    return Dense(features=features, kernel_axes=('embed', 'mlp'), dtype=dtype, output_dtype=output_dtype)
+
+
+def _inputs(shape=(4, 24, 64)):
+    rng = np.random.default_rng(0)
+    return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+
+def _grads(layer, params, x):
+    """Gradients of _loss(layer(x)) w.r.t. (params, x)."""
+    return jax.grad(lambda params, x: _loss(layer.apply({'params': params}, x)), argnums=(0, 1))(params, x)
+
+
+def _loss(y):
+    """sum(y^2 * w) in fp32 with fixed weights: its gradient needs the forward product too."""
+    y = y.astype(jnp.float32)
+    return jnp.sum(jnp.square(y) * jnp.cos(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape)))
+
+
+def test_fp32_gradient_matches_autodiff_of_the_plain_product():
+    layer, x = _dense(jnp.float32), _inputs()
+    params = jax.tree_util.tree_map(lambda p: p.unbox(), layer.init(jax.random.PRNGKey(0), x)['params'],
+                                    is_leaf=lambda p: hasattr(p, 'unbox'))
+    (d_params, dx) = _grads(layer, params, x)
+
+    d_kernel_ref, dx_ref = jax.grad(lambda kernel, x: _loss(jnp.dot(x, kernel)), argnums=(0, 1))(params['kernel'], x)
+    np.testing.assert_allclose(d_params['kernel'], d_kernel_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('output_dtype', [None, jnp.float32])
+def test_bf16_product_and_gradients(output_dtype):
+    x = _inputs()
+    fp32, bf16 = _dense(jnp.float32), _dense(jnp.bfloat16, output_dtype)
+    params = jax.tree_util.tree_map(lambda p: p.unbox(), fp32.init(jax.random.PRNGKey(0), x)['params'],
+                                    is_leaf=lambda p: hasattr(p, 'unbox'))
+    y = bf16.apply({'params': params}, x)
+    assert y.dtype == (output_dtype or jnp.bfloat16)
+    expected = jnp.dot(x.astype(jnp.bfloat16), params['kernel'].astype(jnp.bfloat16),
+                       preferred_element_type=jnp.float32).astype(y.dtype)
+    np.testing.assert_array_equal(y, expected)  # bf16 operands, fp32 accumulation, one rounding at the end
+
+    (d_params, dx), (d_params_ref, dx_ref) = _grads(bf16, params, x), _grads(fp32, params, x)
+    assert d_params['kernel'].dtype == jnp.float32 and dx.dtype == jnp.float32
+    scale = float(jnp.abs(d_params_ref['kernel']).max())
+    assert float(jnp.abs(d_params['kernel'] - d_params_ref['kernel']).max()) < 2e-2 * scale
+    assert float(jnp.abs(dx - dx_ref).max()) < 2e-2 * float(jnp.abs(dx_ref).max())
+
+
+def _dot_operand_dtypes(hlo: str) -> list[tuple[str, str]]:
+    """(lhs, rhs) element types of every dot in optimised HLO text (operands resolved to their definitions)."""
+    types = dict(re.findall(r'%([\w.-]+) = (\w+)\[', hlo))
+    return [(types[lhs], types[rhs]) for lhs, rhs in re.findall(r' dot\(%([\w.-]+), %([\w.-]+)\)', hlo)]
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='checks XLA:CPU code generation')
+def test_bf16_forward_and_backward_products_keep_bf16_operands_on_cpu():
+    """XLA:CPU upcasts a bf16 product to fp32 (half the GEMM rate on AVX512-BF16) when it would produce bf16 or
+    when an operand is a transposed layout; the layer's forward and custom gradient avoid both."""
+    x = _inputs((8, 64, 256))
+    layer = _dense(jnp.bfloat16, features=512)
+    params = jax.tree_util.tree_map(lambda p: p.unbox(), layer.init(jax.random.PRNGKey(0), x)['params'],
+                                    is_leaf=lambda p: hasattr(p, 'unbox'))
+    hlo = jax.jit(lambda p, x: _grads(layer, p, x)).lower(params, x.astype(jnp.bfloat16)).compile().as_text()
+    dots = _dot_operand_dtypes(hlo)
+    assert len(dots) == 3  # forward, input gradient, kernel gradient
+    assert dots == [('bf16', 'bf16')] * 3
