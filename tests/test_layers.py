@@ -1,4 +1,4 @@
-"""The projection layers' product and its CPU gradient: fp32 equal to autodiff, bf16 on XLA:CPU's bf16 GEMM."""
+"""The projection and attention layers: the CPU gradient equals autodiff in fp32; bf16 runs on XLA:CPU's bf16 GEMM."""
 import re
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from text2text.layers import Dense
+from text2text.layers import Dense, MultiHeadAttention
 
 
 def _dense(dtype, output_dtype=None, features=96):
@@ -77,3 +77,13 @@ def test_bf16_forward_and_backward_products_keep_bf16_operands_on_cpu():
     dots = _dot_operand_dtypes(hlo)
     assert len(dots) == 3  # forward, input gradient, kernel gradient
     assert dots == [('bf16', 'bf16')] * 3
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='checks XLA:CPU code generation')
+def test_bf16_attention_forward_products_keep_bf16_operands_on_cpu():
+    """The four projections and both attention products (logits, weighted values) of a bf16 attention layer."""
+    x = _inputs((4, 64, 128)).astype(jnp.bfloat16)
+    layer = MultiHeadAttention(num_heads=4, head_dim=32, dtype=jnp.bfloat16)
+    variables = layer.init(jax.random.PRNGKey(0), x, x)
+    hlo = jax.jit(lambda v, x: layer.apply(v, x, x)).lower(variables, x).compile().as_text()
+    assert _dot_operand_dtypes(hlo) == [('bf16', 'bf16')] * 6

@@ -200,7 +200,8 @@ class MultiHeadAttention(nn.Module):
             keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout_rate,
                                         (*weights.shape[:2], 1, weights.shape[-1]))
             weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0)
-        out = jnp.einsum(f'bhqk,{key_axes}->bqhd', weights.astype(self.dtype), value)
+        out = jnp.einsum(f'bhqk,{key_axes}->bqhd', weights.astype(self.dtype), value,
+                         preferred_element_type=jnp.float32).astype(self.dtype)
         out = out.reshape(*out.shape[:2], self.num_heads * self.head_dim)
         return Dense(inputs_q.shape[-1], ('joined_kv', 'embed'), attention_kernel_init, self.dtype, peft=self.peft,
                      name='out')(out)
