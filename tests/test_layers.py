@@ -1,6 +1,7 @@
 """The projection and attention layers: the CPU gradient equals autodiff in fp32; bf16 runs on XLA:CPU's bf16 GEMM."""
 import re
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +19,10 @@ def _inputs(shape=(4, 24, 64)):
     return jnp.asarray(rng.normal(size=shape), jnp.float32)
 
 
+def _params(layer, x):
+    return flax.core.meta.unbox(layer.init(jax.random.PRNGKey(0), x)['params'])
+
+
 def _grads(layer, params, x):
     """Gradients of _loss(layer(x)) w.r.t. (params, x)."""
     return jax.grad(lambda params, x: _loss(layer.apply({'params': params}, x)), argnums=(0, 1))(params, x)
@@ -31,10 +36,8 @@ def _loss(y):
 
 def test_fp32_gradient_matches_autodiff_of_the_plain_product():
     layer, x = _dense(jnp.float32), _inputs()
-    params = jax.tree_util.tree_map(lambda p: p.unbox(), layer.init(jax.random.PRNGKey(0), x)['params'],
-                                    is_leaf=lambda p: hasattr(p, 'unbox'))
-    (d_params, dx) = _grads(layer, params, x)
-
+    params = _params(layer, x)
+    d_params, dx = _grads(layer, params, x)
     d_kernel_ref, dx_ref = jax.grad(lambda kernel, x: _loss(jnp.dot(x, kernel)), argnums=(0, 1))(params['kernel'], x)
     np.testing.assert_allclose(d_params['kernel'], d_kernel_ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
@@ -44,8 +47,7 @@ def test_fp32_gradient_matches_autodiff_of_the_plain_product():
 def test_bf16_product_and_gradients(output_dtype):
     x = _inputs()
     fp32, bf16 = _dense(jnp.float32), _dense(jnp.bfloat16, output_dtype)
-    params = jax.tree_util.tree_map(lambda p: p.unbox(), fp32.init(jax.random.PRNGKey(0), x)['params'],
-                                    is_leaf=lambda p: hasattr(p, 'unbox'))
+    params = _params(fp32, x)
     y = bf16.apply({'params': params}, x)
     assert y.dtype == (output_dtype or jnp.bfloat16)
     expected = jnp.dot(x.astype(jnp.bfloat16), params['kernel'].astype(jnp.bfloat16),
@@ -71,12 +73,9 @@ def test_bf16_forward_and_backward_products_keep_bf16_operands_on_cpu():
     when an operand is a transposed layout; the layer's forward and custom gradient avoid both."""
     x = _inputs((8, 64, 256))
     layer = _dense(jnp.bfloat16, features=512)
-    params = jax.tree_util.tree_map(lambda p: p.unbox(), layer.init(jax.random.PRNGKey(0), x)['params'],
-                                    is_leaf=lambda p: hasattr(p, 'unbox'))
+    params = _params(layer, x)
     hlo = jax.jit(lambda p, x: _grads(layer, p, x)).lower(params, x.astype(jnp.bfloat16)).compile().as_text()
-    dots = _dot_operand_dtypes(hlo)
-    assert len(dots) == 3  # forward, input gradient, kernel gradient
-    assert dots == [('bf16', 'bf16')] * 3
+    assert _dot_operand_dtypes(hlo) == [('bf16', 'bf16')] * 3  # forward, input gradient, kernel gradient
 
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='checks XLA:CPU code generation')

@@ -33,7 +33,8 @@ def _matmul(x: jax.Array, kernel: jax.Array, out_dtype) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _cpu_matmul(x: jax.Array, kernel: jax.Array, out_dtype) -> jax.Array:
-    """_matmul's product with the custom gradient below (same math as autodiff)."""
+    """_matmul's product with the custom gradient below (autodiff's math, with the output gradient rounded to
+    the compute dtype as T5X's bf16 layer outputs round it)."""
     return _cpu_matmul_fwd(x, kernel, out_dtype)[0]
 
 
