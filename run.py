@@ -4,4 +4,4 @@ import sys
 from text2text import launch
 
 if __name__ == "__main__":
-    sys.exit(launch.main(sys.argv[1:]))
+    sys.exit(launch.cli(sys.argv[1:]))

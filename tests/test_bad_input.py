@@ -311,7 +311,7 @@ def test_batch_not_divisible_by_data_parallel_mesh_through_run_py(tmp_path):
         import test_bad_input
         from text2text import launch
         test_bad_input._register(test_bad_input.TASK, [])
-        sys.exit(launch.main(sys.argv[1:]))
+        sys.exit(launch.cli(sys.argv[1:]))
     """)
     env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")

@@ -1,6 +1,7 @@
 """Index validation in text preprocessors (WSC span2_index, DPR pronoun and label, GLUE/SuperGLUE labels such as
 MultiRC's): an invalid example stops with one line naming it, or is skipped and counted when the user opts in;
 valid examples come out as before (their exact strings are checked in test_super_glue.py and test_glue.py)."""
+import gc
 import logging
 import os
 import subprocess
@@ -9,11 +10,12 @@ import textwrap
 
 import gin
 import pytest
+import seqio
 import tensorflow as tf
 
 from tasks import preprocessors, super_glue
-from tasks_fixtures import spm_model  # noqa: F401  (pytest fixture)
-from text2text import errors
+from tasks_fixtures import hand_written_tfds, spm_model  # noqa: F401  (pytest fixture)
+from text2text import errors, launch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = "Mitchell asked Tom if he could lend some money."
@@ -102,6 +104,14 @@ def test_hand_blanked_wsc_texts_stay_valid():
     assert b"*him*" in example["inputs"]
 
 
+RUN_FLAGS = ["--gin_file=models/tiny.gin", "--gin_file=runs/finetune.gin",
+             "--gin.MIXTURE_OR_TASK_NAME='super_glue_wsc_v102_simple_train'",
+             "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2",
+             "--gin.config.get_config.vocab_size=512"]
+BAD_ROW = dict(text=TEXT, span1_index=2, span2_index=3, span1_text="Tom", span2_text="he", label=1, idx=0)
+BAD_ROW_ERROR = ("error: wsc example idx 0: span2_index 3 points at 'if', not at span2_text 'he'. Fix the data, or "
+                 "bind skip_invalid_examples.skip = True to leave such examples out")
+
 WRAPPER = textwrap.dedent(f"""
     import sys
     sys.path[:0] = [{REPO!r}, {os.path.join(REPO, "tests")!r}]
@@ -109,24 +119,46 @@ WRAPPER = textwrap.dedent(f"""
     from tasks_fixtures import hand_written_tfds
     from text2text import launch
 
-    row = dict(text={TEXT!r}, span1_index=2, span2_index=3, span1_text="Tom", span2_text="he", label=1, idx=0)
     seqio.TfdsDataSource.list_shards = lambda self, split: []
-    with hand_written_tfds({{"train": [row]}}):
-        sys.exit(launch.main(sys.argv[1:]))
+    with hand_written_tfds({{"train": [{BAD_ROW!r}]}}):
+        sys.exit(launch.cli(sys.argv[1:]))
 """)
 
 
 def test_run_py_prints_one_error_line_for_an_invalid_example(tmp_path, spm_model):  # noqa: F811
     (tmp_path / "wrapper.py").write_text(WRAPPER)
     env = dict(os.environ, T2T_VOCAB_PATH=spm_model, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, str(tmp_path / "wrapper.py"), "--gin_file=models/tiny.gin", "--gin_file=runs/finetune.gin",
-         "--gin.MIXTURE_OR_TASK_NAME='super_glue_wsc_v102_simple_train'", f"--gin.MODEL_DIR='{tmp_path / 'model'}'",
-         "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2",
-         "--gin.config.get_config.vocab_size=512"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=300, check=False)
+    proc = subprocess.run([sys.executable, str(tmp_path / "wrapper.py"), *RUN_FLAGS,
+                           f"--gin.MODEL_DIR='{tmp_path / 'model'}'"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
-        "error: wsc example idx 0: span2_index 3 points at 'if', not at span2_text 'he'. Fix the data, or bind "
-        "skip_invalid_examples.skip = True to leave such examples out"]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [BAD_ROW_ERROR]
+
+
+def _live_tf_data_iterators() -> set:
+    return {id(o) for o in gc.get_objects() if isinstance(o, tf.data.Iterator)}
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_cli_frees_the_failed_runs_data_iterators_before_returning(tmp_path, spm_model, monkeypatch, capsys,
+                                                                   debug):  # noqa: F811
+    """At interpreter exit, a tf.data iterator kept alive by the error's frames hung the process now and then: its
+    Python-calling pipeline waits on threads that can no longer take the GIL. cli frees it first."""
+    monkeypatch.setattr(seqio.TfdsDataSource, "list_shards", lambda self, split: [])
+    gc.collect()
+    before = _live_tf_data_iterators()
+    gc.disable()  # only an explicit collection frees the error's reference cycles
+    gin.clear_config()
+    try:
+        with hand_written_tfds({"train": [BAD_ROW]}):
+            code = launch.cli([*RUN_FLAGS, f"--gin.MODEL_DIR='{tmp_path / 'model'}'"] + ["--debug"] * debug)
+        left = _live_tf_data_iterators() - before
+    finally:
+        gc.enable()
+        gin.clear_config()
+    stderr = capsys.readouterr().err
+    assert code == (1 if debug else 2)
+    assert ("Traceback" in stderr) == debug
+    assert BAD_ROW_ERROR[len("error: "):] in stderr
+    assert not left

@@ -164,4 +164,4 @@ if __name__ == "__main__":
     seqio.TaskRegistry.add(TASK, seqio.FunctionDataSource(_source, splits=["train"]),
                            preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
                            output_features={"inputs": seqio.Feature(vocab), "targets": seqio.Feature(vocab)})
-    sys.exit(launch.main(sys.argv[1:]))
+    sys.exit(launch.cli(sys.argv[1:]))

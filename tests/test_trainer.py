@@ -48,7 +48,7 @@ MOCK_WRAPPER = textwrap.dedent(f"""
     seqio.TfdsDataSource.list_shards = lambda self, split: []
     mixtures.register_mixture({MIXTURE!r}, ["glue_sst2_v002", "glue_cola_v002"], default_rate=mixtures.equal_rate)
     with hand_written_tfds({{"train": rows, "validation": rows[:8]}}):
-        sys.exit(launch.main(sys.argv[1:]))
+        sys.exit(launch.cli(sys.argv[1:]))
 """)
 
 
