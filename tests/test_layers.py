@@ -1,4 +1,4 @@
-"""The projection and attention layers: the CPU gradient equals autodiff in fp32; bf16 runs on XLA:CPU's bf16 GEMM."""
+"""The projection, tied output projection and attention layers: the CPU gradient equals autodiff in fp32; bf16 runs on XLA:CPU's bf16 GEMM."""
 import re
 
 import flax
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from text2text.layers import Dense, MultiHeadAttention
+from text2text.layers import Dense, Embed, MultiHeadAttention
 
 
 def _dense(dtype, output_dtype=None, features=96):
@@ -86,3 +86,43 @@ def test_bf16_attention_forward_products_keep_bf16_operands_on_cpu():
     variables = layer.init(jax.random.PRNGKey(0), x, x)
     hlo = jax.jit(lambda v, x: layer.apply(v, x, x)).lower(variables, x).compile().as_text()
     assert _dot_operand_dtypes(hlo) == [('bf16', 'bf16')] * 6
+
+
+def _attend_grads(dtype, variables, x):
+    """Output and gradients (w.r.t. the table and x) of _loss(Embed.attend(x))."""
+    embed = Embed(num_embeddings=384, features=x.shape[-1], dtype=dtype)
+
+    def loss(variables, x):
+        y = embed.apply(variables, x, method=Embed.attend)
+        return _loss(y), y
+
+    (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(variables, x)
+    return y, grads
+
+
+def test_bf16_tied_output_projection_values_and_gradients():
+    x = _inputs((4, 24, 64))
+    variables = flax.core.meta.unbox(Embed(num_embeddings=384, features=64).init(jax.random.PRNGKey(0),
+                                                                                  jnp.zeros((1, 1), jnp.int32)))
+    table = variables['params']['embedding']
+    y, (d_vars, dx) = _attend_grads(jnp.bfloat16, variables, x)
+    y_ref, (d_vars_ref, dx_ref) = _attend_grads(jnp.float32, variables, x)
+    assert y.dtype == jnp.float32 and d_vars['params']['embedding'].dtype == jnp.float32
+    bf16_product = jnp.einsum('bld,vd->blv', x.astype(jnp.bfloat16), table.astype(jnp.bfloat16),
+                              preferred_element_type=jnp.float32)
+    np.testing.assert_array_equal(y, bf16_product)  # bf16 operands, fp32 accumulation
+    scale = float(jnp.abs(d_vars_ref['params']['embedding']).max())
+    assert float(jnp.abs(d_vars['params']['embedding'] - d_vars_ref['params']['embedding']).max()) < 2e-2 * scale
+    assert float(jnp.abs(dx - dx_ref).max()) < 2e-2 * float(jnp.abs(dx_ref).max())
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='checks XLA:CPU code generation')
+def test_bf16_tied_output_projection_products_keep_bf16_operands_on_cpu():
+    """Autodiff of Embed.attend contracts the output gradient's rows for the table's gradient, which XLA:CPU
+    upcasts to fp32; the custom gradient multiplies by a row-major copy of the transposed output gradient."""
+    x = _inputs((8, 64, 256)).astype(jnp.bfloat16)
+    embed = Embed(num_embeddings=1024, features=256, dtype=jnp.bfloat16)
+    variables = flax.core.meta.unbox(embed.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))
+    grads = jax.grad(lambda v, x: _loss(embed.apply(v, x, method=Embed.attend)), argnums=(0, 1))
+    hlo = jax.jit(grads).lower(variables, x).compile().as_text()
+    assert _dot_operand_dtypes(hlo) == [('bf16', 'bf16')] * 3  # forward, input gradient, table gradient

@@ -116,9 +116,39 @@ class Embed(nn.Module):
         return jnp.take(table, tokens, axis=0)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        """Tied output projection x @ embedding.T, accumulated and returned in fp32."""
+        """Tied output projection x @ embedding.T: [..., embed] -> [..., vocab], accumulated and returned in fp32.
+
+        On CPU with bf16 activations a custom gradient keeps both gradient products on XLA's fast bf16 GEMM path
+        (see _cpu_attend_bwd) and returns the table's gradient in fp32; otherwise plain autodiff of the product.
+        """
+        if jax.default_backend() == 'cpu' and jnp.dtype(self.dtype) != jnp.float32:
+            return _cpu_attend(x.astype(self.dtype), self.embedding)
         return jnp.einsum('bld,vd->blv', x.astype(self.dtype), self.embedding.astype(self.dtype),
                           preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _cpu_attend(x: jax.Array, table: jax.Array) -> jax.Array:
+    """x @ table.astype(x.dtype).T accumulated in fp32, with the gradient below."""
+    return _cpu_attend_fwd(x, table)[0]
+
+
+def _cpu_attend_fwd(x, table):
+    table = table.astype(x.dtype)
+    return jnp.einsum('...d,vd->...v', x, table, preferred_element_type=jnp.float32), (x, table)
+
+
+def _cpu_attend_bwd(residuals, grad):
+    # Autodiff would contract the output gradient's rows for the table's gradient, a product XLA:CPU upcasts to
+    # fp32 operands; the gradient copied out transposed (row-major) keeps it a plain bf16 GEMM, as _cpu_matmul_bwd.
+    x, table = residuals
+    grad = grad.astype(x.dtype).reshape(-1, grad.shape[-1])
+    dx = jnp.dot(grad, table, preferred_element_type=jnp.float32).astype(x.dtype).reshape(x.shape)
+    dtable = jnp.dot(_row_major_transpose(grad), x.reshape(-1, x.shape[-1]), preferred_element_type=jnp.float32)
+    return dx, dtable
+
+
+_cpu_attend.defvjp(_cpu_attend_fwd, _cpu_attend_bwd)
 
 
 def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, num_buckets: int,
