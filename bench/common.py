@@ -25,9 +25,9 @@ ENVIRONMENT = {'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_L
 PEER_ENVIRONMENT = {'TEXT2TEXT_MALLOC': 'system'}
 
 
-def parse_args(dtype: bool = False, **defaults: int) -> argparse.Namespace:
-    """--threads (default: all allowed CPUs), --rounds, --steps, the int options given in `defaults` and, with
-    `dtype`, --dtype (the model's activation dtype: float32, or bfloat16 as T5X's T5.1.1 configs train)."""
+def parse_args(dtype: bool = False, **defaults: int | str) -> argparse.Namespace:
+    """--threads (default: all allowed CPUs), --rounds, --steps, the int or str options given in `defaults` and,
+    with `dtype`, --dtype (the model's activation dtype: float32, or bfloat16 as T5X's T5.1.1 configs train)."""
     parser = argparse.ArgumentParser()
     if dtype:
         parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
@@ -36,7 +36,7 @@ def parse_args(dtype: bool = False, **defaults: int) -> argparse.Namespace:
     parser.add_argument('--steps', type=int, default=defaults.pop('steps', 5), help='timed calls per round')
     parser.add_argument('--parts', action='store_true', help='also time forward and forward+backward')
     for name, value in defaults.items():
-        parser.add_argument(f'--{name}', type=int, default=value)
+        parser.add_argument(f'--{name}', type=type(value), default=value)
     return parser.parse_args()
 
 
@@ -106,45 +106,55 @@ class OurTrainer:
 class HfTrainer:
     """HF T5ForConditionalGeneration train step (torch eager) with transformers' Adafactor set like T5X's:
     fixed lr, scale_parameter (relative step size), no relative_step schedule, decay -0.8, clip 1.0, no momentum.
-    With `autocast`, the forward runs under torch.autocast('cpu', bfloat16), torch's mixed precision on CPU
-    (fp32 weights and optimizer, bf16 matmuls)."""
+    With `autocast`, the forward runs under torch.autocast(device, bfloat16), torch's mixed precision (fp32
+    weights and optimizer, bf16 matmuls). `device` is a torch device type ('cpu' or 'cuda'); on 'cuda' every
+    timed call waits for the GPU (torch.cuda.synchronize)."""
 
-    def __init__(self, config, autocast: bool = False):
+    def __init__(self, config, autocast: bool = False, device: str = 'cpu'):
         import transformers
-        self.model = hf_model(config, train=True)
+        self.model = hf_model(config, train=True).to(device)
         self.optimizer = transformers.optimization.Adafactor(
             self.model.parameters(), lr=LEARNING_RATE, scale_parameter=True, relative_step=False,
             warmup_init=False, clip_threshold=1.0, decay_rate=-0.8, beta1=None)
         self.autocast = autocast
+        self.device = device
 
-    @staticmethod
-    def prepare(batch: Mapping[str, Any]) -> dict:
-        """Our feature batch (unpacked) as HF tensors; padded target positions get label -100 (ignored)."""
+    def prepare(self, batch: Mapping[str, Any]) -> dict:
+        """Our feature batch (unpacked) as HF tensors on the device; padded target positions get label -100."""
         import torch
         inputs = torch.from_numpy(batch['encoder_input_tokens']).long()
         targets = torch.from_numpy(batch['decoder_target_tokens']).long()
-        return {'input_ids': inputs, 'attention_mask': (inputs > 0).long(),
-                'decoder_input_ids': torch.from_numpy(batch['decoder_input_tokens']).long(),
-                'labels': torch.where(targets > 0, targets, torch.full_like(targets, -100))}
+        tensors = {'input_ids': inputs, 'attention_mask': (inputs > 0).long(),
+                   'decoder_input_ids': torch.from_numpy(batch['decoder_input_tokens']).long(),
+                   'labels': torch.where(targets > 0, targets, torch.full_like(targets, -100))}
+        return {key: value.to(self.device) for key, value in tensors.items()}
 
     def _loss(self, batch):
         import torch
-        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.autocast):
             return self.model(**batch).loss
+
+    def _wait(self) -> None:
+        if self.device == 'cuda':
+            import torch
+            torch.cuda.synchronize()
 
     def step(self, batch) -> None:
         self._loss(batch).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._wait()
 
     def forward(self, batch) -> None:
         import torch
         with torch.no_grad():
             self._loss(batch)
+        self._wait()
 
     def forward_backward(self, batch) -> None:
         self._loss(batch).backward()
         self.model.zero_grad(set_to_none=True)
+        self._wait()
 
 
 def _serve(connection, threads: int, builder: Callable[..., dict], args: tuple,

@@ -18,44 +18,49 @@ from gpu_mfu import train_flops_per_step
 BATCH, INPUTS, NEW_TOKENS = 8, 64, 32
 
 
-def _inputs(vocab_size: int) -> np.ndarray:
-    return np.random.default_rng(0).integers(2, vocab_size, (BATCH, INPUTS), dtype=np.int32)
+def _inputs(vocab_size: int, batch: int = BATCH, inputs: int = INPUTS) -> np.ndarray:
+    return np.random.default_rng(0).integers(2, vocab_size, (batch, inputs), dtype=np.int32)
 
 
-def build_ours(checkpoint_dir: str) -> dict:
-    """Our greedy decoder (jitted predict_batch) on a random init, which it also exports to `checkpoint_dir`."""
+def build_ours(checkpoint_dir: str, config=None, batch: int = BATCH, inputs: int = INPUTS,
+               new_tokens: int = NEW_TOKENS) -> dict:
+    """Our greedy decoder (jitted predict_batch) on a random init of `config` (default common.bench_config), which
+    it also exports to `checkpoint_dir`; on JAX's default device."""
     import flax
     import jax
     from text2text import models
     from text2text.convert.hf import save_hf_checkpoint
-    config = bench_config()
+    config = config or bench_config()
     model = models.EncoderDecoderModel(config)
-    shapes = {'inputs': (BATCH, INPUTS), 'targets': (BATCH, NEW_TOKENS)}
+    shapes = {'inputs': (batch, inputs), 'targets': (batch, new_tokens)}
     params = flax.core.meta.unbox(model.init_variables(jax.random.PRNGKey(0), shapes))['params']
     save_hf_checkpoint(config, params, checkpoint_dir)
-    predict = jax.jit(functools.partial(model.predict_batch, method='greedy', max_decode_length=NEW_TOKENS))
-    batch = jax.device_put({'encoder_input_tokens': _inputs(config.vocab_size)})
+    predict = jax.jit(functools.partial(model.predict_batch, method='greedy', max_decode_length=new_tokens))
+    encoder_batch = jax.device_put({'encoder_input_tokens': _inputs(config.vocab_size, batch, inputs)})
 
     def generate():
-        return np.asarray(jax.block_until_ready(predict(params, batch)))
+        return np.asarray(jax.block_until_ready(predict(params, encoder_batch)))
 
     generate()
     return {'generate': generate, **build_gemm()}
 
 
-def build_hf(checkpoint_dir: str) -> dict:
-    """HF greedy generate with the KV cache on the weights in `checkpoint_dir`."""
+def build_hf(checkpoint_dir: str, batch: int = BATCH, inputs: int = INPUTS, new_tokens: int = NEW_TOKENS,
+             device: str = 'cpu', dtype: str = 'float32') -> dict:
+    """HF greedy generate with the KV cache on the weights in `checkpoint_dir`, on torch `device`, weights cast to
+    `dtype`."""
     import torch
     import transformers
     model = transformers.T5ForConditionalGeneration.from_pretrained(checkpoint_dir).eval()
-    input_ids = torch.from_numpy(_inputs(model.config.vocab_size)).long()
+    model = model.to(device=device, dtype=getattr(torch, dtype))
+    input_ids = torch.from_numpy(_inputs(model.config.vocab_size, batch, inputs)).long().to(device)
     attention_mask = torch.ones_like(input_ids)
 
     @torch.inference_mode()
     def generate():
-        tokens = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=NEW_TOKENS,
+        tokens = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens,
                                 do_sample=False, num_beams=1, use_cache=True)
-        return tokens[:, 1:].numpy()  # drop the decoder start token
+        return tokens[:, 1:].cpu().numpy()  # drop the decoder start token; the copy waits for the device
 
     generate()
     return {'generate': generate}

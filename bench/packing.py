@@ -7,6 +7,8 @@ inputs 128 / targets 16; our model is timed on these padded batches too, to sepa
 step speed). Prints the fp32 GEMM peak and the % of it reached (model FLOPs of the batches' shapes / time).
 Batch 8 rows, fp32, model common.bench_config, each framework in its own worker process. Run:
 `.venv/bin/python bench/packing.py [--threads N] [--rounds R] [--examples E]` (E examples per task).
+`--batch B` sets the rows per batch (default 8); `--save_batches FILE.npz` only writes both streams, for
+bench/gpu_peers.py.
 """
 import numpy as np
 
@@ -58,28 +60,50 @@ def _register(count: int) -> None:
     seqio.MixtureRegistry.add(MIXTURE, [(f'bench_{name}', 1.0) for name in TASKS])
 
 
-def _batches(pack: bool) -> list[dict[str, np.ndarray]]:
+def _batches(pack: bool, batch_size: int = BATCH) -> list[dict[str, np.ndarray]]:
     """One epoch of the mixture as batches (same examples and order either way), the last one zero-padded."""
     from text2text import data
-    dataset = data.get_dataset(MIXTURE, FEATURE_LENGTHS, 'train', BATCH, shuffle=False, seed=0, pack=pack,
+    dataset = data.get_dataset(MIXTURE, FEATURE_LENGTHS, 'train', batch_size, shuffle=False, seed=0, pack=pack,
                                num_epochs=1)
-    return [data.pad_batch(batch, BATCH)[0] for batch in dataset.as_numpy_iterator()]
+    return [data.pad_batch(batch, batch_size)[0] for batch in dataset.as_numpy_iterator()]
 
 
-def _real_tokens(batches) -> int:
+def save_batches(path: str, examples: int, batch_size: int) -> None:
+    """Writes both streams to the .npz `path` as 'padded/<feature>' and 'packed/<feature>' arrays of shape
+    [batches, batch_size, length] (for bench/gpu_peers.py on a machine without seqio or TensorFlow)."""
+    _register(examples)
+    arrays = {}
+    for stream in ('padded', 'packed'):
+        batches = _batches(stream == 'packed', batch_size)
+        arrays.update({f'{stream}/{key}': np.stack([b[key] for b in batches]) for key in batches[0]})
+    np.savez_compressed(path, **arrays)
+
+
+def load_batches(path: str) -> dict[str, list[dict[str, np.ndarray]]]:
+    """The streams written by `save_batches`: {'padded': [batch, ...], 'packed': [...]}."""
+    with np.load(path) as arrays:
+        streams: dict[str, dict[str, np.ndarray]] = {}
+        for name in arrays.files:
+            stream, key = name.split('/')
+            streams.setdefault(stream, {})[key] = arrays[name]
+    return {stream: [{key: value[i] for key, value in features.items()}
+                     for i in range(len(next(iter(features.values()))))] for stream, features in streams.items()}
+
+
+def real_tokens(batches) -> int:
     """Non-padding input plus target tokens."""
     return sum(int((b['encoder_input_tokens'] > 0).sum() + (b['decoder_target_tokens'] > 0).sum()) for b in batches)
 
 
-def build(framework: str, examples: int) -> dict:
+def build(framework: str, examples: int, batch_size: int = BATCH) -> dict:
     """Runners 'packed' (ours only) and 'padded': one training pass over the epoch's batches; 'count': stats."""
     _register(examples)
-    streams = {'padded': _batches(pack=False)}
+    streams = {'padded': _batches(False, batch_size)}
     if framework == 'ours':
-        streams['packed'] = _batches(pack=True)
+        streams['packed'] = _batches(True, batch_size)
     config = bench_config()
     trainer = OurTrainer(config, streams['padded'][0]) if framework == 'ours' else HfTrainer(config)
-    runners = {'count': lambda: {name: (len(b), _real_tokens(b)) for name, b in streams.items()}}
+    runners = {'count': lambda: {name: (len(b), real_tokens(b)) for name, b in streams.items()}}
     for name, batches in streams.items():
         prepared = [trainer.prepare(batch) for batch in batches]
         trainer.step(prepared[0])  # compile / warm up
@@ -88,13 +112,19 @@ def build(framework: str, examples: int) -> dict:
 
 
 def main() -> None:
-    args = parse_args(rounds=2, steps=1, examples=40)
-    ours = Worker(args.threads, build, 'ours', args.examples)
-    hf = Worker(args.threads, build, 'hf', args.examples, environment=PEER_ENVIRONMENT)
+    args = parse_args(rounds=2, steps=1, examples=40, batch=BATCH, save_batches='')
+    if args.save_batches:
+        from text2text.console import configure_logging, quiet_native_stderr
+        configure_logging(verbose=False)
+        with quiet_native_stderr():  # TensorFlow's start-up lines
+            save_batches(args.save_batches, args.examples, args.batch)
+        return
+    ours = Worker(args.threads, build, 'ours', args.examples, args.batch)
+    hf = Worker(args.threads, build, 'hf', args.examples, args.batch, environment=PEER_ENVIRONMENT)
     counts = ours.call('count')
     (padded_batches, tokens), (packed_batches, packed_tokens) = counts['padded'], counts['packed']
     assert tokens == packed_tokens == hf.call('count')['padded'][1], 'the streams hold different examples'
-    slots = BATCH * sum(FEATURE_LENGTHS.values())
+    slots = args.batch * sum(FEATURE_LENGTHS.values())
     print(f'# {tokens} real tokens; {padded_batches} padded batches ({tokens / (padded_batches * slots):.0%} real), '
           f'{packed_batches} packed batches ({tokens / (packed_batches * slots):.0%} real)')
     print(f'# {load_note()}, threads {args.threads}; {args.rounds} interleaved rounds of one pass each', flush=True)
@@ -103,7 +133,7 @@ def main() -> None:
     ours.close()
     hf.close()
     rate = {name: tokens / value for name, value in seconds.items() if name != 'gemm'}
-    step_flops = train_flops_per_step(bench_config(), BATCH, FEATURE_LENGTHS['inputs'], FEATURE_LENGTHS['targets'])
+    step_flops = train_flops_per_step(bench_config(), args.batch, FEATURE_LENGTHS['inputs'], FEATURE_LENGTHS['targets'])
     print(f'# ours packed: {peak_note(seconds["gemm"], step_flops * packed_batches, seconds["ours packed"])}')
     print(f'# HF padded: {peak_note(seconds["gemm"], step_flops * padded_batches, seconds["HF padded"])}')
     print(f'# {load_note()}; ours on padded batches {rate["ours padded"]:.0f} tokens/s')

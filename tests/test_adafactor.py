@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from text2text import adafactor, optim
+from text2text import adafactor, backend, optim
 
 RTOL = 1e-6
 
@@ -35,12 +35,20 @@ def _assert_close(ours, reference):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * scale, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.fixture(params=['cpu', 'other'])
+def traced_backend(request, monkeypatch):
+    """Trace XLA:CPU's formulation ('cpu': row-block loops) or every other backend's (optax's reductions)."""
+    if request.param == 'other':
+        monkeypatch.setattr(backend, 'on_cpu', lambda: False)
+    return request.param
+
+
 @pytest.mark.parametrize('settings', [
     dict(learning_rate=optim.constant_schedule(1e-2)),  # T5X's defaults
     dict(learning_rate=0.5, clipping_threshold=None, multiply_by_parameter_scale=False, decay_offset=-3),
     dict(learning_rate=None, momentum=0.9, weight_decay_rate=1e-3, min_dim_size_to_factor=64),
 ])
-def test_equals_optax_over_steps(settings):
+def test_equals_optax_over_steps(settings, traced_backend):
     rng = np.random.default_rng(0)
     params = _params(rng)
     ours, reference = adafactor.adafactor(**settings), optax.adafactor(factored=True, **settings)
@@ -74,3 +82,11 @@ def test_needs_params():
     params = {'w': jnp.ones((4,))}
     with pytest.raises(ValueError, match='needs params'):
         tx.update(params, tx.init(params))
+
+
+def test_only_xla_cpu_gets_the_row_block_loops(traced_backend):
+    """A GPU runs each loop iteration as separate launches: other backends' update must hold no while loop."""
+    params = _params(np.random.default_rng(0))
+    tx = adafactor.adafactor(learning_rate=1e-3)
+    text = jax.jit(tx.update).lower(params, tx.init(params), params).as_text()
+    assert ('stablehlo.while' in text) == (traced_backend == 'cpu')

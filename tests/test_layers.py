@@ -1,4 +1,5 @@
-"""The projection, tied output projection and attention layers: the CPU gradient equals autodiff in fp32; bf16 runs on XLA:CPU's bf16 GEMM."""
+"""The projection, tied output projection and attention layers: the CPU gradient equals autodiff in fp32; bf16 runs on XLA:CPU's bf16 GEMM;
+the relative position bias of other backends (one-hot product) equals XLA:CPU's (gather)."""
 import re
 
 import flax
@@ -7,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from text2text.layers import Dense, Embed, MultiHeadAttention
+from text2text import backend
+from text2text.layers import Dense, Embed, MultiHeadAttention, RelativePositionBias, one_hot_bias
 
 
 def _dense(dtype, output_dtype=None, features=96):
@@ -126,3 +128,33 @@ def test_bf16_tied_output_projection_products_keep_bf16_operands_on_cpu():
     grads = jax.grad(lambda v, x: _loss(embed.apply(v, x, method=Embed.attend)), argnums=(0, 1))
     hlo = jax.jit(grads).lower(variables, x).compile().as_text()
     assert _dot_operand_dtypes(hlo) == [('bf16', 'bf16')] * 3  # forward, input gradient, table gradient
+
+
+def test_one_hot_bias_equals_the_gather_and_its_gradient():
+    rng = np.random.default_rng(0)
+    table = jnp.asarray(rng.normal(size=(6, 32)), jnp.float32)
+    buckets = jnp.asarray(rng.integers(0, 32, (40, 56)), jnp.int32)
+    np.testing.assert_array_equal(one_hot_bias(table, buckets), jnp.take(table, buckets, axis=1))
+    weights = jnp.asarray(rng.normal(size=(6, 40, 56)), jnp.float32)
+    grads = [jax.grad(lambda t, f=f: jnp.sum(f(t) * weights))(table)
+             for f in (lambda t: one_hot_bias(t, buckets), lambda t: jnp.take(t, buckets, axis=1))]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('bidirectional', [True, False])
+def test_relative_position_bias_is_the_same_on_every_backend_and_gathers_only_on_cpu(bidirectional, monkeypatch):
+    layer = RelativePositionBias(num_buckets=32, max_distance=128, num_heads=4, bidirectional=bidirectional)
+    positions = jnp.arange(300)
+    params = flax.core.meta.unbox(layer.init(jax.random.PRNGKey(0), positions, positions)['params'])
+
+    def bias_and_lowered():
+        apply = jax.jit(lambda p: layer.apply({'params': p}, positions, positions))
+        grad = jax.jit(jax.grad(lambda p: jnp.sum(layer.apply({'params': p}, positions, positions) ** 2)))
+        return np.asarray(apply(params)), grad.lower(params).as_text()
+
+    cpu_bias, cpu_text = bias_and_lowered()
+    monkeypatch.setattr(backend, 'on_cpu', lambda: False)
+    other_bias, other_text = bias_and_lowered()
+    assert cpu_bias.shape == (1, 4, 300, 300)
+    np.testing.assert_array_equal(other_bias, cpu_bias)
+    assert 'scatter' in cpu_text and 'scatter' not in other_text

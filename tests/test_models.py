@@ -199,3 +199,18 @@ def test_user_errors():
         MODEL.predict_batch(params(), batch, method='sample')
     with pytest.raises(UserError, match='loss_normalizing_factor'):
         EncoderDecoderModel(CONFIG, loss_normalizing_factor='PER_TOKEN')
+
+
+def test_train_step_traced_for_a_gpu_has_no_loops_and_scatters_only_into_the_embedding(monkeypatch):
+    """Off XLA:CPU the step keeps to single kernels: no while loop (the optimizer's CPU reductions) and no scatter
+    into the relative-position tables (a gather's gradient); the token embedding's gather gradient remains."""
+    from text2text import backend, optim
+    from text2text.train_state import TrainState, make_train_step
+    monkeypatch.setattr(backend, 'on_cpu', lambda: False)
+    tx = optim.adafactor(learning_rate=optim.constant_schedule(1e-3))
+    state = TrainState.create(params(), tx)
+    text = jax.jit(make_train_step(MODEL.loss_fn, tx)).lower(state, padded_batch(), jax.random.PRNGKey(0)).as_text()
+    scatters = [line for line in text.splitlines() if 'stablehlo.scatter' in line]
+    assert 'stablehlo.while' not in text
+    # rows of axis 0 ([vocab, embed] embedding rows); the bias tables' scatters insert along axis 1 (buckets)
+    assert scatters and all('inserted_window_dims = [0]' in line for line in scatters)

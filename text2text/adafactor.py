@@ -11,7 +11,9 @@ What differs is only how the statistics of a 2-D factored leaf are computed: XLA
 major axis of a matrix (e.g. the vocab axis of T5X's [embed, vocab] logits kernel) as a slow strided loop, and
 a reduction with broadcast factors (the RMS of the factored update, for clipping) does not vectorise. Column
 sums of the squared gradient and that RMS are a loop over blocks of rows instead (`_column_sums_of_squares`),
-with no temporary of the gradient's size; row sums stay XLA reductions over the contiguous axis. Results match
+with no temporary of the gradient's size; row sums stay XLA reductions over the contiguous axis. Other
+backends keep optax's reductions: on a GPU every iteration of such a loop is its own kernel launches, run one
+after another, where one reduction is a single kernel. Results match
 optax within float32 rounding of the different summation order (tests/test_adafactor.py checks 1e-6
 relative); bench/optimizer.py times it against optax and transformers.
 """
@@ -23,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from text2text import backend
 
 PARAM_SCALE_MIN_RMS = 1e-3  # optax.scale_by_param_block_rms's min_scale (T5X's epsilon2)
 
@@ -97,8 +101,8 @@ def _column_sums_of_squares(x: jax.Array, row_weights: jax.Array | None = None) 
 
 
 def _mean_of_squares(x: jax.Array, axis: int) -> jax.Array:
-    """mean(x ** 2, axis) without an [x.shape] temporary; matrices only take the fast paths."""
-    if x.ndim != 2:
+    """mean(x ** 2, axis); on XLA:CPU without an [x.shape] temporary (matrices only take the fast paths)."""
+    if x.ndim != 2 or not backend.on_cpu():
         return jnp.mean(jnp.square(x), axis=axis)
     if axis == 1:
         return jnp.mean(jnp.square(x), axis=1)  # contiguous rows: a fused, vectorised reduction
@@ -109,7 +113,7 @@ def _factored_update_square_mean(grad: jax.Array, row_factor: jax.Array, col_fac
                                  d1: int, d0: int) -> jax.Array:
     """mean((grad * expand(row_factor, d0) * expand(col_factor, d1)) ** 2), weighting grad's rows by the factor
     that varies along axis 0 and the resulting column sums by the other."""
-    if grad.ndim != 2:
+    if grad.ndim != 2 or not backend.on_cpu():
         return jnp.mean(jnp.square(grad * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1)))
     # row_factor varies along axis d1, col_factor along axis d0
     along_axis0, along_axis1 = (row_factor, col_factor) if d0 == 1 else (col_factor, row_factor)

@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from text2text import backend
+
 Initializer = Callable[..., jax.Array]
 NEG_INF = -1e10  # additive bias for masked attention logits (exp underflows to exactly 0 in fp32)
 
@@ -26,7 +28,7 @@ def _matmul(x: jax.Array, kernel: jax.Array, out_dtype) -> jax.Array:
 
     The kernel keeps its storage dtype (fp32) at the call, so its gradient comes back in fp32. On CPU a custom
     gradient keeps every product on XLA's fast GEMM paths (see _cpu_matmul_bwd)."""
-    if jax.default_backend() == 'cpu':
+    if backend.on_cpu():
         return _cpu_matmul(x, kernel, jnp.dtype(out_dtype))
     return jnp.dot(x, kernel.astype(x.dtype), preferred_element_type=out_dtype)
 
@@ -121,7 +123,7 @@ class Embed(nn.Module):
         On CPU with bf16 activations a custom gradient keeps both gradient products on XLA's fast bf16 GEMM path
         (see _cpu_attend_bwd) and returns the table's gradient in fp32; otherwise plain autodiff of the product.
         """
-        if jax.default_backend() == 'cpu' and jnp.dtype(self.dtype) != jnp.float32:
+        if backend.on_cpu() and jnp.dtype(self.dtype) != jnp.float32:
             return _cpu_attend(x.astype(self.dtype), self.embedding)
         return jnp.einsum('bld,vd->blv', x.astype(self.dtype), self.embedding.astype(self.dtype),
                           preferred_element_type=jnp.float32)
@@ -182,7 +184,17 @@ class RelativePositionBias(nn.Module):
                        (self.num_heads, self.num_buckets), ('heads', 'relpos_buckets'))
         relative = key_positions[None, :] - query_positions[:, None]
         buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
-        return jnp.take(table, buckets, axis=1)[None]
+        if backend.on_cpu():
+            return jnp.take(table, buckets, axis=1)[None]
+        return one_hot_bias(table, buckets)[None]
+
+
+def one_hot_bias(table: jax.Array, buckets: jax.Array) -> jax.Array:
+    """table[:, buckets] as a product with one-hot buckets: [heads, num_buckets] fp32 x int [q, k] -> [heads, q, k]
+    fp32, exact (precision HIGHEST). Its gradient is a product too, where a gather's is a scatter-add of q * k
+    updates into heads * num_buckets cells, which GPUs serialise on atomics; T5X computes the bias this way."""
+    one_hot = jax.nn.one_hot(buckets, table.shape[1], dtype=table.dtype)
+    return jnp.einsum('hb,qkb->hqk', table, one_hot, precision=jax.lax.Precision.HIGHEST)
 
 
 class MultiHeadAttention(nn.Module):
