@@ -25,7 +25,8 @@ def _inputs(vocab_size: int, batch: int = BATCH, inputs: int = INPUTS) -> np.nda
 def build_ours(checkpoint_dir: str, config=None, batch: int = BATCH, inputs: int = INPUTS,
                new_tokens: int = NEW_TOKENS) -> dict:
     """Our greedy decoder (jitted predict_batch) on a random init of `config` (default common.bench_config), which
-    it also exports to `checkpoint_dir`; on JAX's default device."""
+    it also exports to `checkpoint_dir`; on JAX's default device. With bf16 activations the parameters are cast
+    to bf16 after the export, as an HF model cast with .to(bfloat16) holds them."""
     import flax
     import jax
     from text2text import models
@@ -35,6 +36,8 @@ def build_ours(checkpoint_dir: str, config=None, batch: int = BATCH, inputs: int
     shapes = {'inputs': (batch, inputs), 'targets': (batch, new_tokens)}
     params = flax.core.meta.unbox(model.init_variables(jax.random.PRNGKey(0), shapes))['params']
     save_hf_checkpoint(config, params, checkpoint_dir)
+    if config.dtype == 'bfloat16':
+        params = jax.tree.map(lambda x: x.astype(config.dtype), params)
     predict = jax.jit(functools.partial(model.predict_batch, method='greedy', max_decode_length=new_tokens))
     encoder_batch = jax.device_put({'encoder_input_tokens': _inputs(config.vocab_size, batch, inputs)})
 

@@ -61,6 +61,7 @@ def _parse(argv):
     parser.add_argument('--dtype', default='bfloat16', help='activation dtype (params stay fp32)')
     parser.add_argument('--remat_policy', default='none')
     parser.add_argument('--scan_layers', action='store_true')
+    parser.add_argument('--attention_kernel', default='einsum', help="einsum, xla or cudnn (T5Config)")
     parser.add_argument('--steps', type=int, default=20, help='timed steps')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps (the first one compiles)')
     parser.add_argument('--peak_tflops', type=float, default=None, help='override the per-device peak')
@@ -155,7 +156,7 @@ def main(argv=None) -> None:
     from text2text.config import get_config
 
     config = get_config(args.preset, dtype=args.dtype, dropout_rate=0.0, remat_policy=args.remat_policy,
-                        scan_layers=args.scan_layers)
+                        scan_layers=args.scan_layers, attention_kernel=args.attention_kernel)
     devices = jax.devices()
     kind = devices[0].device_kind
     batch = args.batch or 64 * len(devices)
@@ -170,7 +171,8 @@ def main(argv=None) -> None:
     flops = train_flops_per_step(config, batch, args.inputs, args.targets)
     peak = args.peak_tflops or peak_tflops(kind)
     print(f'{len(devices)} x {kind} ({jax.default_backend()}), {args.preset}, {args.dtype} activations, '
-          f'remat {args.remat_policy}, scan {args.scan_layers}, batch {batch}, lengths {args.inputs}/{args.targets}')
+          f'remat {args.remat_policy}, scan {args.scan_layers}, attention {args.attention_kernel}, batch {batch}, '
+          f'lengths {args.inputs}/{args.targets}')
     print(f'first step (compile) {compile_s:.1f} s, step {seconds * 1e3:.1f} ms, {tokens:,.0f} tokens/s, '
           f'{flops / seconds / 1e12 / len(devices):.2f} TFLOP/s per device')
     if peak:

@@ -2,8 +2,8 @@
 
 Ours: JAX on the GPU with bf16 activations (fp32 parameters and Adafactor, as T5X trains T5.1.1). HF:
 transformers' T5ForConditionalGeneration on torch CUDA under torch.autocast('cuda', bfloat16) (fp32 weights,
-transformers' Adafactor set like T5X's, common.HfTrainer); for decoding HF's weights are cast to bf16 and
-`generate(use_cache=True)` runs greedy. Each framework runs in its own worker process (JAX sees no GPU in
+transformers' Adafactor set like T5X's, common.HfTrainer); for decoding both sides' weights are cast to bf16
+and HF's `generate(use_cache=True)` runs greedy. Each framework runs in its own worker process (JAX sees no GPU in
 HF's). Prints s/step, tokens/s, TFLOP/s and MFU against the GPU's bf16 dense peak (gpu_mfu.PEAK_TFLOPS), and
 the ratios ours/HF (time) or ours/HF (tokens/s).
 

@@ -38,8 +38,7 @@ def _assert_close(ours, reference):
 @pytest.fixture(params=['cpu', 'other'])
 def traced_backend(request, monkeypatch):
     """Trace XLA:CPU's formulation ('cpu': row-block loops) or every other backend's (optax's reductions)."""
-    if request.param == 'other':
-        monkeypatch.setattr(backend, 'on_cpu', lambda: False)
+    monkeypatch.setattr(backend, 'on_cpu', lambda: request.param == 'cpu')
     return request.param
 
 

@@ -214,3 +214,59 @@ def test_train_step_traced_for_a_gpu_has_no_loops_and_scatters_only_into_the_emb
     assert 'stablehlo.while' not in text
     # rows of axis 0 ([vocab, embed] embedding rows); the bias tables' scatters insert along axis 1 (buckets)
     assert scatters and all('inserted_window_dims = [0]' in line for line in scatters)
+
+
+def _loss_and_grads(config, batch, rngs=None):
+    model = EncoderDecoderModel(config)
+    return jax.jit(jax.value_and_grad(lambda p: model.loss_fn(p, batch, rngs)[0]))(params())
+
+
+@pytest.mark.parametrize('dtype, tolerance', [('float32', 1e-5), ('bfloat16', 2e-2)])
+def test_fused_attention_kernel_matches_einsum(dtype, tolerance):
+    """attention_kernel='xla' (jax.nn.dot_product_attention) gives einsum's loss and gradients, padding and causal
+    masks and relative position biases included."""
+    batch = padded_batch()
+    (loss, grads), (fused_loss, fused_grads) = (
+        _loss_and_grads(get_config('tiny', dtype=dtype, attention_kernel=kernel), batch) for kernel in ('einsum', 'xla'))
+    np.testing.assert_allclose(fused_loss, loss, rtol=tolerance)
+    for path, a, b in zip(jax.tree_util.tree_leaves_with_path(fused_grads), jax.tree.leaves(fused_grads),
+                          jax.tree.leaves(grads)):
+        np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance * float(jnp.abs(b).max()),
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def test_fused_attention_kernel_leaves_dropout_and_decoding_to_einsum(monkeypatch):
+    calls = []
+    fused = jax.nn.dot_product_attention
+    monkeypatch.setattr(jax.nn, 'dot_product_attention',
+                        lambda *args, **kwargs: calls.append(1) or fused(*args, **kwargs))
+    batch, rngs = padded_batch(), jax.random.PRNGKey(3)
+    dropout = [_loss_and_grads(get_config('tiny', attention_kernel=kernel, dropout_rate=0.3), batch, rngs)[0]
+               for kernel in ('einsum', 'xla')]
+    assert float(dropout[0]) == float(dropout[1]) and not calls
+    model = EncoderDecoderModel(get_config('tiny', attention_kernel='xla'))
+    tokens = model.predict_batch(params(), {'encoder_input_tokens': batch['encoder_input_tokens']},
+                                 method='greedy', max_decode_length=DEC_LEN)
+    np.testing.assert_array_equal(tokens, MODEL.predict_batch(params(), {'encoder_input_tokens':
+                                                                         batch['encoder_input_tokens']},
+                                                              method='greedy', max_decode_length=DEC_LEN))
+    assert calls  # the encoder and the cache-creation call used the fused kernel
+
+
+def test_cudnn_attention_kernel_takes_bf16_biases_and_needs_a_gpu(monkeypatch):
+    with pytest.raises(UserError, match="attention_kernel='cudnn' needs an NVIDIA GPU"):
+        _loss_and_grads(get_config('tiny', attention_kernel='cudnn'), padded_batch())
+    with pytest.raises(UserError, match="attention_kernel='flash' is not supported"):
+        _loss_and_grads(get_config('tiny', attention_kernel='flash'), padded_batch())
+    seen = []
+    fused = jax.nn.dot_product_attention
+
+    def xla_in_place_of_cudnn(query, key, value, bias, *, scale, implementation):
+        seen.append((implementation, bias.dtype, scale))
+        return fused(query, key, value, bias, scale=scale, implementation='xla')
+
+    monkeypatch.setattr(jax.nn, 'dot_product_attention', xla_in_place_of_cudnn)
+    monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+    loss, _ = _loss_and_grads(get_config('tiny', dtype='bfloat16', attention_kernel='cudnn'), padded_batch())
+    assert np.isfinite(float(loss))
+    assert seen and all(entry == ('cudnn', jnp.bfloat16, 1.0) for entry in seen)

@@ -26,6 +26,10 @@ class T5Config:
     one_hot_embedding: bool = False
     scan_layers: bool = False
     remat_policy: str = 'none'
+    # 'einsum' (T5X's attention), or jax.nn.dot_product_attention's 'xla' or 'cudnn' (fused flash attention on
+    # NVIDIA GPUs, bf16/fp16 only); the fused kernels apply where no attention dropout is active, and not to
+    # decoding's one-token steps
+    attention_kernel: str = 'einsum'
     peft: Any = None  # text2text.peft.PeftConfig: parameter-efficient tuning hooks; None = plain T5
 
 

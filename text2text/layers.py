@@ -192,19 +192,26 @@ class RelativePositionBias(nn.Module):
 def one_hot_bias(table: jax.Array, buckets: jax.Array) -> jax.Array:
     """table[:, buckets] as a product with one-hot buckets: [heads, num_buckets] fp32 x int [q, k] -> [heads, q, k]
     fp32, exact (precision HIGHEST). Its gradient is a product too, where a gather's is a scatter-add of q * k
-    updates into heads * num_buckets cells, which GPUs serialise on atomics; T5X computes the bias this way."""
+    updates into heads * num_buckets cells, which GPUs serialise on atomics; T5X computes the bias this way. The
+    one-hot is a [q, k, num_buckets] fp32 temporary: 32 MiB at 512 x 512 with 32 buckets, 512 MiB at 2048 x 2048."""
     one_hot = jax.nn.one_hot(buckets, table.shape[1], dtype=table.dtype)
     return jnp.einsum('hb,qkb->hqk', table, one_hot, precision=jax.lax.Precision.HIGHEST)
 
 
 class MultiHeadAttention(nn.Module):
     """T5 attention: no 1/sqrt(head_dim) at run time (folded into the query init), fp32 softmax,
-    dropout broadcast over queries, optional KV cache (collection 'cache') for one-token decoding."""
+    dropout broadcast over queries, optional KV cache (collection 'cache') for one-token decoding.
+
+    `kernel`: 'einsum' (T5X's two products around an fp32 softmax), or 'xla' / 'cudnn' for
+    `jax.nn.dot_product_attention` with that implementation ('cudnn': the fused flash-attention kernel of NVIDIA
+    GPUs, which takes bf16 or fp16 inputs and a bias in their dtype). The fused kernels have no attention
+    dropout: a layer whose dropout is active, and decoding's one-token steps, use 'einsum'."""
     num_heads: int
     head_dim: int
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
     peft: Any = None  # text2text.peft.PeftConfig: hooks on the projections and on self-attention K/V
+    kernel: str = 'einsum'
 
     def _project(self, name: str, x: jax.Array, init: Initializer) -> jax.Array:
         y = Dense(self.num_heads * self.head_dim, ('embed', 'joined_kv'), init, self.dtype, peft=self.peft,
@@ -235,19 +242,29 @@ class MultiHeadAttention(nn.Module):
         if self.peft is not None:
             key, value, bias = self.peft.attention_kv(self, key, value, bias)
 
+        dropout = not deterministic and self.dropout_rate > 0.0
+        if self.kernel != 'einsum' and not decode and not dropout:
+            if bias is not None and self.kernel == 'cudnn':
+                bias = bias.astype(query.dtype)
+            out = jax.nn.dot_product_attention(query, key, value, bias, scale=1.0, implementation=self.kernel)
+        else:
+            out = self._einsum_attention(query, key, value, bias, key_axes, dropout)
+        out = out.reshape(*out.shape[:2], self.num_heads * self.head_dim)
+        return Dense(inputs_q.shape[-1], ('joined_kv', 'embed'), attention_kernel_init, self.dtype, peft=self.peft,
+                     name='out')(out)
+
+    def _einsum_attention(self, query, key, value, bias, key_axes: str, dropout: bool) -> jax.Array:
+        """softmax(q k + bias) v for query [b,q,h,d] and key/value in `key_axes` layout -> [b,q,h,d]."""
         logits = jnp.einsum(f'bqhd,{key_axes}->bhqk', query, key, preferred_element_type=jnp.float32)
         if bias is not None:
             logits = logits + bias
         weights = jax.nn.softmax(logits, axis=-1)
-        if not deterministic and self.dropout_rate > 0.0:
+        if dropout:
             keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout_rate,
                                         (*weights.shape[:2], 1, weights.shape[-1]))
             weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0)
-        out = jnp.einsum(f'bhqk,{key_axes}->bqhd', weights.astype(self.dtype), value,
-                         preferred_element_type=jnp.float32).astype(self.dtype)
-        out = out.reshape(*out.shape[:2], self.num_heads * self.head_dim)
-        return Dense(inputs_q.shape[-1], ('joined_kv', 'embed'), attention_kernel_init, self.dtype, peft=self.peft,
-                     name='out')(out)
+        return jnp.einsum(f'bhqk,{key_axes}->bqhd', weights.astype(self.dtype), value,
+                          preferred_element_type=jnp.float32).astype(self.dtype)
 
     def _update_self_cache(self, key, value, bias):
         """Write this step's K/V at cache_index; return full cached K/V and the bias with future keys masked."""

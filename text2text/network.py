@@ -13,6 +13,7 @@ from text2text.layers import NEG_INF, Dense, Embed, MlpBlock, MultiHeadAttention
 EMBED_AXES = ('batch', 'length', 'embed')
 REMAT_POLICIES = {'none': None, 'full': None, 'minimal': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
                   'dots_saveable': jax.checkpoint_policies.dots_saveable}
+ATTENTION_KERNELS = ('einsum', 'xla', 'cudnn')  # T5Config.attention_kernel, see layers.MultiHeadAttention
 
 
 def attention_bias(query_valid: jax.Array, key_valid: jax.Array, query_segment_ids: jax.Array | None = None,
@@ -48,6 +49,7 @@ class EncoderLayer(nn.Module):
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         x = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_attention_layer_norm')(inputs)
         x = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype, peft=cfg.peft,
+                               kernel=cfg.attention_kernel,
                                name='attention')(x, x, bias, deterministic)
         x = dropout(_adapter(cfg, x, 'attention'), deterministic=deterministic) + inputs
         y = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_mlp_layer_norm')(x)
@@ -68,10 +70,12 @@ class DecoderLayer(nn.Module):
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         x = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_self_attention_layer_norm')(inputs)
         x = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype, peft=cfg.peft,
+                               kernel=cfg.attention_kernel,
                                name='self_attention')(x, x, self_bias, deterministic, decode)
         x = dropout(_adapter(cfg, x, 'self_attention'), deterministic=deterministic) + inputs
         y = RMSNorm(cfg.layer_norm_epsilon, dtype, name='pre_cross_attention_layer_norm')(x)
         y = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype, peft=cfg.peft,
+                               kernel=cfg.attention_kernel,
                                name='encoder_decoder_attention')(y, encoded, cross_bias, deterministic, decode,
                                                                  cache_kv_once=True)
         y = dropout(_adapter(cfg, y, 'encoder_decoder_attention'), deterministic=deterministic) + x
@@ -164,6 +168,12 @@ class Transformer(nn.Module):
         if cfg.remat_policy not in REMAT_POLICIES:
             raise UserError(f'T5Config.remat_policy={cfg.remat_policy!r} is not supported; '
                             f'expected one of {", ".join(REMAT_POLICIES)}')
+        if cfg.attention_kernel not in ATTENTION_KERNELS:
+            raise UserError(f'T5Config.attention_kernel={cfg.attention_kernel!r} is not supported; '
+                            f'expected one of {", ".join(ATTENTION_KERNELS)}')
+        if cfg.attention_kernel == 'cudnn' and jax.default_backend() != 'gpu':
+            raise UserError(f"T5Config.attention_kernel='cudnn' needs an NVIDIA GPU (JAX's backend here is "
+                            f"{jax.default_backend()!r}); use 'einsum' or 'xla'")
         self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, cfg.one_hot_embedding, jnp.dtype(cfg.dtype))
         self.encoder = Encoder(cfg, self.token_embedder)
         self.decoder = Decoder(cfg, self.token_embedder)
