@@ -30,6 +30,7 @@ from decode import build_hf as build_hf_decode
 from decode import build_ours as build_ours_decode
 from gpu_mfu import peak_tflops, train_flops_per_step
 from packing import load_batches, real_tokens
+from train_step import random_batch
 
 
 
@@ -74,21 +75,10 @@ def _device_name(framework: str, device: str) -> str:
 
 
 
-def _step_batch(config, batch: int, inputs: int, targets: int) -> dict[str, np.ndarray]:
-    """Full-length random examples (targets end with EOS) in EncDecFeatureConverter's features."""
-    rng = np.random.default_rng(0)
-    encoder = rng.integers(2, config.vocab_size, (batch, inputs), dtype=np.int32)
-    target = rng.integers(2, config.vocab_size, (batch, targets), dtype=np.int32)
-    target[:, -1] = 1
-    return {'encoder_input_tokens': encoder, 'decoder_target_tokens': target,
-            'decoder_input_tokens': np.concatenate([np.zeros((batch, 1), np.int32), target[:, :-1]], axis=1),
-            'decoder_loss_weights': np.ones_like(target)}
-
-
 def build_step(framework: str, device: str, preset: str, batch: int, inputs: int, targets: int) -> dict:
     """Runner 'step' (one train step, waited for) of `framework` ('ours' or 'hf'), compiled and warmed up."""
     config = _config(preset)
-    features = _step_batch(config, batch, inputs, targets)
+    features = random_batch(config.vocab_size, 0, batch, inputs, targets)
     trainer = OurTrainer(config, features) if framework == 'ours' else HfTrainer(config, True, device)
     prepared = trainer.prepare(features)
     for _ in range(3):

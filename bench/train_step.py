@@ -20,13 +20,14 @@ from gpu_mfu import train_flops_per_step
 BATCH, INPUTS, TARGETS = 8, 128, 32
 
 
-def random_batch(vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+def random_batch(vocab_size: int, seed: int = 0, batch: int = BATCH, length: int = INPUTS,
+                 target_length: int = TARGETS) -> dict[str, np.ndarray]:
     """Full-length random batch (targets end with EOS=1) in EncDecFeatureConverter's features."""
     rng = np.random.default_rng(seed)
-    inputs = rng.integers(2, vocab_size, (BATCH, INPUTS), dtype=np.int32)
-    targets = rng.integers(2, vocab_size, (BATCH, TARGETS), dtype=np.int32)
+    inputs = rng.integers(2, vocab_size, (batch, length), dtype=np.int32)
+    targets = rng.integers(2, vocab_size, (batch, target_length), dtype=np.int32)
     targets[:, -1] = 1
-    decoder_inputs = np.concatenate([np.zeros((BATCH, 1), np.int32), targets[:, :-1]], axis=1)
+    decoder_inputs = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], axis=1)
     return {'encoder_input_tokens': inputs, 'decoder_input_tokens': decoder_inputs,
             'decoder_target_tokens': targets, 'decoder_loss_weights': np.ones_like(targets)}
 
