@@ -74,7 +74,6 @@ def _device_name(framework: str, device: str) -> str:
     return torch.cuda.get_device_name() if device == 'cuda' else 'cpu'
 
 
-
 def build_step(framework: str, device: str, preset: str, batch: int, inputs: int, targets: int) -> dict:
     """Runner 'step' (one train step, waited for) of `framework` ('ours' or 'hf'), compiled and warmed up."""
     config = _config(preset)
@@ -113,8 +112,9 @@ def _mfu(flops: float, seconds: float, device: str) -> str:
     return f'{rate:.1f} TFLOP/s' + (f' = {rate / peak:.1%} MFU' if peak else '')
 
 
-def _compare(ours_worker: Worker, hf_worker: Worker, name: str, args) -> dict[str, float]:
-    times = interleaved({'ours': (ours_worker, name), 'HF': (hf_worker, name)}, args.rounds, args.steps)
+def _compare(ours_worker: Worker, hf_worker: Worker, name: str, rounds: int, calls: int) -> dict[str, float]:
+    """Median seconds of runner `name` on each side over interleaved rounds; closes both workers."""
+    times = interleaved({'ours': (ours_worker, name), 'HF': (hf_worker, name)}, rounds, calls)
     ours_worker.close()
     hf_worker.close()
     return times
@@ -133,7 +133,7 @@ def main(argv=None) -> None:
         device, hf_device = ours.call('device'), hf.call('device')
         print(f'# {device} (JAX), {hf_device} (torch); {args.preset}, bf16; {args.rounds} rounds x {args.steps}',
               flush=True)
-        times = _compare(ours, hf, 'step', args)
+        times = _compare(ours, hf, 'step', args.rounds, args.steps)
         flops = train_flops_per_step(_config(args.preset), args.batch, args.inputs, args.targets)
         tokens = args.batch * (args.inputs + args.targets)
         print(f'# ours: {_mfu(flops, times["ours"], device)}, {tokens / times["ours"]:,.0f} tokens/s; '
@@ -149,7 +149,7 @@ def main(argv=None) -> None:
         ours_tokens, hf_tokens = ours.call('generate'), hf.call('generate')
         assert ours_tokens.shape == hf_tokens.shape, (ours_tokens.shape, hf_tokens.shape)
         assert (ours_tokens > 1).all() and (hf_tokens > 1).all(), 'a row emitted EOS early; timings would differ'
-        times = _compare(ours, hf, 'generate', args)
+        times = _compare(ours, hf, 'generate', args.rounds, args.steps)
         tokens = args.decode_batch * args.new_tokens
         print(f'# greedy tokens equal to HF (both bf16): {np.mean(ours_tokens == hf_tokens):.3f}')
         print(f'gpu decode (batch {args.decode_batch}, {args.decode_inputs} in, {args.new_tokens} new): ours '
@@ -161,9 +161,7 @@ def main(argv=None) -> None:
         hf = Worker(threads, build_packing, 'hf', *source, environment=hf_environment)
         (packed, tokens), (padded, hf_tokens) = ours.call('count'), hf.call('count')
         assert tokens == hf_tokens, 'the streams hold different examples'
-        times = interleaved({'ours': (ours, 'pass'), 'HF': (hf, 'pass')}, args.rounds, 1)
-        ours.close()
-        hf.close()
+        times = _compare(ours, hf, 'pass', args.rounds, 1)
         print(f'# {tokens} real tokens in {packed} packed / {padded} padded batches')
         print(f'gpu packing: ours {tokens / times["ours"]:,.0f} tokens/s, HF {tokens / times["HF"]:,.0f} tokens/s, '
               f'ratio {times["HF"] / times["ours"]:.2f}', flush=True)
