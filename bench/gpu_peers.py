@@ -25,7 +25,7 @@ import tempfile
 
 import numpy as np
 
-from common import HfTrainer, OurTrainer, Worker, interleaved
+from common import PEER_ENVIRONMENT, HfTrainer, OurTrainer, Worker, interleaved
 from decode import build_hf as build_hf_decode
 from decode import build_ours as build_ours_decode
 from gpu_mfu import peak_tflops, train_flops_per_step
@@ -38,10 +38,10 @@ def _environments(device: str) -> tuple[dict[str, str], dict[str, str]]:
     """Worker environments (ours, HF) for torch device type `device`: on 'cuda' ours runs JAX on the GPU and leaves
     memory for the peer's process, HF runs torch on the GPU and JAX (the weight export) on the CPU."""
     if device == 'cpu':
-        return {}, {'TEXT2TEXT_MALLOC': 'system'}
+        return {}, dict(PEER_ENVIRONMENT)
     visible = os.environ.get('CUDA_VISIBLE_DEVICES', '0')
     return ({'JAX_PLATFORMS': 'cuda', 'CUDA_VISIBLE_DEVICES': visible, 'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.45'},
-            {'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': visible, 'TEXT2TEXT_MALLOC': 'system'})
+            {'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': visible, **PEER_ENVIRONMENT})
 
 
 def _parse(argv=None) -> argparse.Namespace:

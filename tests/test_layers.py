@@ -1,5 +1,6 @@
-"""The projection, tied output projection and attention layers: the CPU gradient equals autodiff in fp32; bf16 runs on XLA:CPU's bf16 GEMM;
-the relative position bias of other backends (one-hot product) equals XLA:CPU's (gather)."""
+"""The projection, tied output projection and attention layers: the CPU gradient equals autodiff in fp32; bf16
+runs on XLA:CPU's bf16 GEMM; the relative position bias of other backends (one-hot product) equals XLA:CPU's
+(gather)."""
 import re
 
 import flax

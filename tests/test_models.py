@@ -226,8 +226,8 @@ def test_fused_attention_kernel_matches_einsum(dtype, tolerance):
     """attention_kernel='xla' (jax.nn.dot_product_attention) gives einsum's loss and gradients, padding and causal
     masks and relative position biases included."""
     batch = padded_batch()
-    (loss, grads), (fused_loss, fused_grads) = (
-        _loss_and_grads(get_config('tiny', dtype=dtype, attention_kernel=kernel), batch) for kernel in ('einsum', 'xla'))
+    (loss, grads), (fused_loss, fused_grads) = (_loss_and_grads(get_config('tiny', dtype=dtype, attention_kernel=k),
+                                                                batch) for k in ('einsum', 'xla'))
     np.testing.assert_allclose(fused_loss, loss, rtol=tolerance)
     for path, a, b in zip(jax.tree_util.tree_leaves_with_path(fused_grads), jax.tree.leaves(fused_grads),
                           jax.tree.leaves(grads)):
