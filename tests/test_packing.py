@@ -88,6 +88,39 @@ def test_converter_gives_segment_aware_decoder_inputs(pack):
         np.testing.assert_array_equal(row['decoder_loss_weights'], (row['decoder_target_tokens'] > 0).astype(int))
 
 
+@pytest.mark.parametrize('batch_size, window, drop_remainder', [(4, 64, True), (7, 16, False), (3, 1024, False)])
+def test_batched_conversion_equals_converting_rows_then_batching(batch_size, window, drop_remainder):
+    """The window-at-a-time path (encoder_decoder_features + rebatch) gives seqio's per-row conversion's batches."""
+    examples = [{key: e[key][:length] for key, length in LENGTHS.items()} for e in _examples(230, seed=3)]
+    converter = packing.DensePackingEncDecFeatureConverter(pack=True, window=window)
+    expected_ds = converter(_dataset(examples), LENGTHS).batch(batch_size, drop_remainder=drop_remainder)
+    batched_ds = converter.batched(_dataset(examples), LENGTHS, batch_size, drop_remainder)
+    assert batched_ds.element_spec == expected_ds.element_spec
+    expected, batches = list(expected_ds.as_numpy_iterator()), list(batched_ds.as_numpy_iterator())
+    assert len(batches) == len(expected) > 3
+    for batch, reference in zip(batches, expected):
+        assert batch.keys() == reference.keys()
+        for key in batch:
+            np.testing.assert_array_equal(batch[key], reference[key], err_msg=key)
+    segments = batches[0]['decoder_segment_ids']
+    first = segments != np.pad(segments[:, :-1], [(0, 0), (1, 0)])
+    assert (batches[0]['decoder_input_tokens'][first] == 0).all() and first.sum() > batch_size
+
+
+def test_batched_conversion_checks_examples_as_seqio_does():
+    converter = packing.DensePackingEncDecFeatureConverter(pack=True)
+    too_long = [{'inputs': np.arange(2, 40, dtype=np.int32), 'targets': np.array([3, 1], np.int32)}]
+    with pytest.raises(tf.errors.InvalidArgumentError, match='inputs'):
+        list(converter.batched(_dataset(too_long), LENGTHS, 2, False).as_numpy_iterator())
+    missing = tf.data.Dataset.from_tensors({'inputs': tf.constant([3, 1])})
+    with pytest.raises(ValueError, match="missing an expected feature.*'targets'"):
+        converter.batched(missing, LENGTHS, 2, False)
+    unpacked = packing.DensePackingEncDecFeatureConverter(pack=False)
+    one = [{'inputs': np.array([5, 1], np.int32), 'targets': np.array([4, 1], np.int32)}]
+    rows = list(unpacked.batched(_dataset(one), LENGTHS, 2, False).as_numpy_iterator())
+    assert rows[0]['encoder_input_tokens'].shape == (1, LENGTHS['inputs']) and 'encoder_segment_ids' not in rows[0]
+
+
 def _segment_multiset(rows) -> collections.Counter:
     """Packed rows -> Counter of segments, each the (inputs tokens, targets tokens) of one packed example."""
     counts = collections.Counter()

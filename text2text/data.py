@@ -95,8 +95,12 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
     ds = source.get_dataset(sequence_length=dict(task_feature_lengths), split=split, use_cached=use_cached,
                             shuffle=shuffle, seed=seed, shard_info=shard_info, num_epochs=num_epochs,
                             try_in_mem_cache=False)
-    ds = feature_converter_cls(pack=pack)(ds, dict(task_feature_lengths))
-    ds = ds.batch(batch_size // shard_info.num_shards, drop_remainder=drop_remainder)
+    converter = feature_converter_cls(pack=pack)
+    rows = batch_size // shard_info.num_shards
+    if isinstance(converter, packing.DensePackingEncDecFeatureConverter):
+        ds = converter.batched(ds, dict(task_feature_lengths), rows, drop_remainder)
+    else:
+        ds = converter(ds, dict(task_feature_lengths)).batch(rows, drop_remainder=drop_remainder)
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_optimization.map_fusion = True  # seqio's and the converter's per-example maps: ~25% less CPU

@@ -82,6 +82,15 @@ def _pack_window(window: Mapping[str, tf.RaggedTensor], feature_lengths: Mapping
     return {key: tf.gather(value, row_order) for key, value in packed.items()}
 
 
+def _packed_windows(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], window: int) -> tf.data.Dataset:
+    """Trims each example's features to `feature_lengths` and packs every `window` examples: one element per window,
+    each feature [rows, length]."""
+    keys = list(feature_lengths)
+    ds = ds.map(lambda ex: {k: ex[k][:feature_lengths[k]] for k in keys}, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.ragged_batch(window)
+    return ds.map(lambda batch: _pack_window(batch, feature_lengths), num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def pack_dataset(ds: tf.data.Dataset, feature_lengths: Mapping[str, int],
                  window: int = DEFAULT_WINDOW) -> tf.data.Dataset:
     """Trims each example's features to `feature_lengths` and packs every `window` examples densely.
@@ -89,11 +98,33 @@ def pack_dataset(ds: tf.data.Dataset, feature_lengths: Mapping[str, int],
     Output rows hold `key`, `key_segment_ids` (1, 2, ... per example; 0 = padding) and `key_positions` for
     each key, zero-padded to its length — the layout of seqio.utils.trim_and_pack_dataset.
     """
-    keys = list(feature_lengths)
-    ds = ds.map(lambda ex: {k: ex[k][:feature_lengths[k]] for k in keys}, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.ragged_batch(window)
-    ds = ds.map(lambda batch: _pack_window(batch, feature_lengths), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.unbatch()
+    return _packed_windows(ds, feature_lengths, window).unbatch()
+
+
+def encoder_decoder_features(rows: Mapping[str, tf.Tensor], bos_id: int = 0) -> dict[str, tf.Tensor]:
+    """Model features of packed rows, all at once: what seqio.EncDecFeatureConverter (pack=True) computes row by row.
+
+    `rows`: int32 `inputs`, `targets` and their `_segment_ids` / `_positions`, each [rows, length] (a packed window).
+    Returns int32 [rows, length] `encoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`
+    (1 where the target is not padding), `encoder_/decoder_segment_ids`, `encoder_/decoder_positions` and
+    `decoder_input_tokens`: the targets shifted right by one inside each segment, `bos_id` at a segment's first
+    position (seqio.utils.make_autoregressive_inputs with `sequence_id`).
+    """
+    def shift_right(x: tf.Tensor) -> tf.Tensor:
+        return tf.pad(x[:, :-1], [[0, 0], [1, 0]])
+
+    targets, segment_ids = rows['targets'], rows['targets_segment_ids']
+    first = tf.not_equal(segment_ids, shift_right(segment_ids))
+    return {
+        'encoder_input_tokens': rows['inputs'],
+        'decoder_target_tokens': targets,
+        'decoder_input_tokens': tf.where(first, tf.fill(tf.shape(targets), bos_id), shift_right(targets)),
+        'decoder_loss_weights': tf.cast(tf.not_equal(targets, 0), tf.int32),
+        'encoder_segment_ids': rows['inputs_segment_ids'],
+        'decoder_segment_ids': segment_ids,
+        'encoder_positions': rows['inputs_positions'],
+        'decoder_positions': rows['targets_positions'],
+    }
 
 
 class DensePackingEncDecFeatureConverter(seqio.EncDecFeatureConverter):
@@ -107,3 +138,21 @@ class DensePackingEncDecFeatureConverter(seqio.EncDecFeatureConverter):
         if self.pack:
             return pack_dataset(ds, packed_lengths, self._window)
         return super()._pack_or_pad(ds, packed_lengths)
+
+    def batched(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int], batch_size: int,
+                drop_remainder: bool) -> tf.data.Dataset:
+        """The batches of `self(ds, task_feature_lengths).batch(batch_size, drop_remainder)`, equal row for row.
+
+        With pack=True (and no passthrough features) the model features are computed a packed window at a time
+        (`encoder_decoder_features`) and the windows are cut into batches (`tf.data.Dataset.rebatch`) instead of
+        passing every row through tf.data on its own: ~40% less CPU per batch on short examples
+        (bench/README.md). The examples are checked as seqio's converter checks them (features, dtypes, ranks,
+        lengths at most `task_feature_lengths`; ValueError or tf.errors.InvalidArgumentError otherwise).
+        """
+        if not self.pack or self._passthrough_features:
+            return self(ds, task_feature_lengths).batch(batch_size, drop_remainder=drop_remainder)
+        ds = self._validate_dataset(ds, expected_features=self.TASK_FEATURES, expected_lengths=task_feature_lengths,
+                                    strict=False, error_label='input_validation')
+        ds = _packed_windows(ds, task_feature_lengths, self._window)
+        ds = ds.map(lambda rows: encoder_decoder_features(rows, self.bos_id), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.rebatch(batch_size, drop_remainder=drop_remainder)
