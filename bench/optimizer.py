@@ -5,9 +5,12 @@ One update of every parameter of the benchmark model (common.bench_config: 25.9M
 (constant LR 1e-3, decay 0.8, clipping 1.0, parameter scale, no momentum). JAX: one jitted
 `(grads, state, params) -> (params, state)` with state and params donated, as inside the train step; HF: the same
 model's parameters (torch layout) with `.grad` set, timed `optimizer.step()`. Each framework in its own worker
-process on the same CPUs; interleaved rounds, medians. Run:
-`.venv/bin/python bench/optimizer.py [--threads N] [--rounds R] [--steps S]`.
+process on the same CPUs; interleaved rounds, medians. The update is bound by memory traffic, not FLOPs, so
+besides the GEMM peak it prints the machine's memory bandwidth (a jitted triad `a + 2 b` over as many floats as
+the model has parameters, in the same rounds) and each side's rate at the least traffic any exact Adafactor
+update needs (`MIN_TRAFFIC`). Run: `.venv/bin/python bench/optimizer.py [--threads N] [--rounds R] [--steps S]`.
 """
+
 import numpy as np
 
 from common import (LEARNING_RATE, PEER_ENVIRONMENT, HfTrainer, Worker, bench_config, build_gemm, interleaved,
@@ -44,7 +47,31 @@ def build_jax() -> dict:
         run()
         run()
         runners[name] = run
-    return {**runners, **build_gemm()}
+    elements = sum(p.size for p in jax.tree.leaves(params))
+    return {**runners, **build_gemm(), **build_triad(elements), 'parameters': lambda: elements}
+
+
+# Parameter-sized arrays an exact factored Adafactor update reads or writes at the least: the gradient three times
+# (its second-moment statistics; the RMS of the factored update, for clipping, which needs this step's
+# statistics; the update itself), the parameters twice (their RMS, for the parameter scale; the update) and the
+# new parameters once. Ours streams the gradient once more (row and column statistics in two passes).
+MIN_TRAFFIC = 6
+
+
+def build_triad(elements: int) -> dict:
+    """Runner 'triad': a jitted `a + 2 b` over two float32 arrays of `elements` (a donated): 3 x 4 x `elements`
+    bytes read or written, the machine's streaming memory bandwidth for arrays of the model's size."""
+    import jax
+    import jax.numpy as jnp
+    triad = jax.jit(lambda a, b: a + 2.0 * b, donate_argnums=0)
+    live = {'a': jnp.ones((elements,), jnp.float32), 'b': jnp.ones((elements,), jnp.float32)}
+
+    def run():
+        live['a'] = triad(live['a'], live['b'])
+        jax.block_until_ready(live['a'])
+
+    run()
+    return {'triad': run}
 
 
 def build_hf() -> dict:
@@ -65,11 +92,19 @@ def main() -> None:
     print(f'# {load_note()}, threads {args.threads}; {args.rounds} interleaved rounds x {args.steps} updates',
           flush=True)
     times = interleaved({'ours': (jax_worker, 'ours'), 'optax': (jax_worker, 'optax'), 'HF': (hf_worker, 'HF'),
-                         'gemm': (jax_worker, 'gemm')}, args.rounds, args.steps)
+                         'gemm': (jax_worker, 'gemm'), 'triad': (jax_worker, 'triad')}, args.rounds, args.steps)
+    parameter_bytes = 4 * jax_worker.call('parameters')
     jax_worker.close()
     hf_worker.close()
-    print(f'# {load_note()}; {peak_note(times["gemm"])}')
+    bandwidth = 3 * parameter_bytes / times['triad']
+    print(f'# {load_note()}; {peak_note(times["gemm"])}; memory bandwidth {bandwidth / 1e9:.1f} GB/s (triad over '
+          f'{parameter_bytes / 1e6:.0f} MB arrays)')
     ours, reference, hf = times['ours'], times['optax'], times['HF']
+    floor = MIN_TRAFFIC * parameter_bytes / bandwidth
+    rates = ', '.join(f'{name} {MIN_TRAFFIC * parameter_bytes / times[name] / bandwidth:.0%}'
+                      for name in ('ours', 'optax', 'HF'))
+    print(f'# least traffic of an exact update: {MIN_TRAFFIC} x {parameter_bytes / 1e6:.0f} MB, {floor * 1e3:.1f} ms '
+          f'at that bandwidth; its rate as a share of the bandwidth: {rates}')
     print(f'update: ours {ours * 1e3:.1f} ms, optax {reference * 1e3:.1f} ms, HF {hf * 1e3:.1f} ms; '
           f'ratio ours/HF {ours / hf:.2f}, ours/optax {ours / reference:.2f}')
 

@@ -146,9 +146,10 @@ class DensePackingEncDecFeatureConverter(seqio.EncDecFeatureConverter):
 
         With pack=True (and no passthrough features) the model features are computed a packed window at a time
         (`encoder_decoder_features`) and the windows are cut into batches (`tf.data.Dataset.rebatch`) instead of
-        passing every row through tf.data on its own: ~40% less CPU per batch on short examples
-        (bench/README.md). The examples are checked as seqio's converter checks them (features, dtypes, ranks,
-        lengths at most `task_feature_lengths`; ValueError or tf.errors.InvalidArgumentError otherwise).
+        passing every row through tf.data on its own: about a quarter less input-pipeline CPU per batch of short
+        examples streamed at full speed, ~14% at a training loop's pace (bench/README.md, "Seventh session").
+        The examples are checked as seqio's converter checks them (features, dtypes, ranks, lengths at most
+        `task_feature_lengths`; ValueError or tf.errors.InvalidArgumentError otherwise).
         """
         if not self.pack or self._passthrough_features:
             return self(ds, task_feature_lengths).batch(batch_size, drop_remainder=drop_remainder)
