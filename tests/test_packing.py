@@ -88,23 +88,30 @@ def test_converter_gives_segment_aware_decoder_inputs(pack):
         np.testing.assert_array_equal(row['decoder_loss_weights'], (row['decoder_target_tokens'] > 0).astype(int))
 
 
-@pytest.mark.parametrize('batch_size, window, drop_remainder', [(4, 64, True), (7, 16, False), (3, 1024, False)])
-def test_batched_conversion_equals_converting_rows_then_batching(batch_size, window, drop_remainder):
-    """The window-at-a-time path (encoder_decoder_features + rebatch) gives seqio's per-row conversion's batches."""
+@pytest.mark.parametrize('batch_size, window, drop_remainder, bos_id', [(4, 64, True, 0), (7, 16, False, 5),
+                                                                       (5, 1024, False, 0)])
+def test_batched_conversion_equals_converting_rows_then_batching(batch_size, window, drop_remainder, bos_id):
+    """The window-at-a-time path (encoder_decoder_features + rebatch) gives seqio's per-row conversion's batches,
+    also with a partial last batch, examples without targets (rows whose targets start with padding) and a BOS id."""
     examples = [{key: e[key][:length] for key, length in LENGTHS.items()} for e in _examples(230, seed=3)]
-    converter = packing.DensePackingEncDecFeatureConverter(pack=True, window=window)
+    for example in examples[::9]:
+        example['targets'] = example['targets'][:0]
+    converter = packing.DensePackingEncDecFeatureConverter(pack=True, window=window, bos_id=bos_id)
     expected_ds = converter(_dataset(examples), LENGTHS).batch(batch_size, drop_remainder=drop_remainder)
     batched_ds = converter.batched(_dataset(examples), LENGTHS, batch_size, drop_remainder)
     assert batched_ds.element_spec == expected_ds.element_spec
     expected, batches = list(expected_ds.as_numpy_iterator()), list(batched_ds.as_numpy_iterator())
     assert len(batches) == len(expected) > 3
+    assert len(batches[-1]['decoder_target_tokens']) < batch_size or drop_remainder
     for batch, reference in zip(batches, expected):
         assert batch.keys() == reference.keys()
         for key in batch:
             np.testing.assert_array_equal(batch[key], reference[key], err_msg=key)
-    segments = batches[0]['decoder_segment_ids']
+    segments = np.concatenate([batch['decoder_segment_ids'] for batch in batches])
+    inputs = np.concatenate([batch['decoder_input_tokens'] for batch in batches])
     first = segments != np.pad(segments[:, :-1], [(0, 0), (1, 0)])
-    assert (batches[0]['decoder_input_tokens'][first] == 0).all() and first.sum() > batch_size
+    assert (inputs[first] == bos_id).all() and first.sum() > len(segments)
+    assert (segments[:, 0] == 0).any() and (inputs[:, 0] == bos_id).all()
 
 
 def test_batched_conversion_checks_examples_as_seqio_does():
@@ -115,6 +122,11 @@ def test_batched_conversion_checks_examples_as_seqio_does():
     missing = tf.data.Dataset.from_tensors({'inputs': tf.constant([3, 1])})
     with pytest.raises(ValueError, match="missing an expected feature.*'targets'"):
         converter.batched(missing, LENGTHS, 2, False)
+    int64 = tf.data.Dataset.from_tensors({'inputs': tf.constant([3, 1], tf.int64), 'targets': tf.constant([4, 1])})
+    with pytest.raises(ValueError, match="incorrect type for feature 'inputs'.*int64"):
+        converter.batched(int64, LENGTHS, 2, False)
+    with pytest.raises(ValueError, match="exactly the keys.*'extra'"):
+        converter.batched(_dataset(too_long), {**LENGTHS, 'extra': 4}, 2, False)
     unpacked = packing.DensePackingEncDecFeatureConverter(pack=False)
     one = [{'inputs': np.array([5, 1], np.int32), 'targets': np.array([4, 1], np.int32)}]
     rows = list(unpacked.batched(_dataset(one), LENGTHS, 2, False).as_numpy_iterator())

@@ -97,7 +97,7 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
                             try_in_mem_cache=False)
     converter = feature_converter_cls(pack=pack)
     rows = batch_size // shard_info.num_shards
-    if isinstance(converter, packing.DensePackingEncDecFeatureConverter):
+    if type(converter) is packing.DensePackingEncDecFeatureConverter:  # a subclass may convert rows differently
         ds = converter.batched(ds, dict(task_feature_lengths), rows, drop_remainder)
     else:
         ds = converter(ds, dict(task_feature_lengths)).batch(rows, drop_remainder=drop_remainder)

@@ -105,21 +105,23 @@ def pack_dataset(ds: tf.data.Dataset, feature_lengths: Mapping[str, int],
 def encoder_decoder_features(rows: Mapping[str, tf.Tensor], bos_id: int = 0) -> dict[str, tf.Tensor]:
     """Model features of packed rows, all at once: what seqio.EncDecFeatureConverter (pack=True) computes row by row.
 
-    `rows`: int32 `inputs`, `targets` and their `_segment_ids` / `_positions`, each [rows, length] (a packed window).
-    Returns int32 [rows, length] `encoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`
-    (1 where the target is not padding), `encoder_/decoder_segment_ids`, `encoder_/decoder_positions` and
-    `decoder_input_tokens`: the targets shifted right by one inside each segment, `bos_id` at a segment's first
-    position (seqio.utils.make_autoregressive_inputs with `sequence_id`).
+    `rows`: int32 `inputs`, `inputs_segment_ids`, `inputs_positions` [rows, inputs length] and the same for
+    `targets` [rows, targets length] (a packed window, `pack_dataset`'s layout); a missing key raises KeyError.
+    Returns int32 `encoder_input_tokens`, `encoder_segment_ids`, `encoder_positions` [rows, inputs length] and
+    `decoder_target_tokens`, `decoder_loss_weights` (1 where the target is not padding), `decoder_segment_ids`,
+    `decoder_positions`, `decoder_input_tokens` [rows, targets length]. The decoder inputs are the targets shifted
+    right by one inside each segment, with `bos_id` at each segment's first position and at position 0
+    (seqio.utils.make_autoregressive_inputs with `sequence_id`).
     """
-    def shift_right(x: tf.Tensor) -> tf.Tensor:
-        return tf.pad(x[:, :-1], [[0, 0], [1, 0]])
+    def shift_right(x: tf.Tensor, fill: int) -> tf.Tensor:
+        return tf.pad(x[:, :-1], [[0, 0], [1, 0]], constant_values=fill)
 
     targets, segment_ids = rows['targets'], rows['targets_segment_ids']
-    first = tf.not_equal(segment_ids, shift_right(segment_ids))
+    first = tf.not_equal(segment_ids, shift_right(segment_ids, 0))
     return {
         'encoder_input_tokens': rows['inputs'],
         'decoder_target_tokens': targets,
-        'decoder_input_tokens': tf.where(first, tf.fill(tf.shape(targets), bos_id), shift_right(targets)),
+        'decoder_input_tokens': tf.where(first, tf.fill(tf.shape(targets), bos_id), shift_right(targets, bos_id)),
         'decoder_loss_weights': tf.cast(tf.not_equal(targets, 0), tf.int32),
         'encoder_segment_ids': rows['inputs_segment_ids'],
         'decoder_segment_ids': segment_ids,
@@ -144,15 +146,18 @@ class DensePackingEncDecFeatureConverter(seqio.EncDecFeatureConverter):
                 drop_remainder: bool) -> tf.data.Dataset:
         """The batches of `self(ds, task_feature_lengths).batch(batch_size, drop_remainder)`, equal row for row.
 
-        With pack=True (and no passthrough features) the model features are computed a packed window at a time
-        (`encoder_decoder_features`) and the windows are cut into batches (`tf.data.Dataset.rebatch`) instead of
-        passing every row through tf.data on its own: about a quarter less input-pipeline CPU per batch of short
-        examples streamed at full speed, ~14% at a training loop's pace (bench/README.md, "Seventh session").
-        The examples are checked as seqio's converter checks them (features, dtypes, ranks, lengths at most
-        `task_feature_lengths`; ValueError or tf.errors.InvalidArgumentError otherwise).
+        With pack=True the model features are computed a packed window at a time (`encoder_decoder_features`) and
+        the windows are cut into batches (`tf.data.Dataset.rebatch`), so no tf.data stage runs once per packed
+        row (less input-pipeline CPU per batch: bench/README.md, "Seventh session"). The examples are checked as
+        seqio's converter checks them: ValueError for `task_feature_lengths` keys other than 'inputs' and
+        'targets', or a feature missing from `ds`, of another dtype than int32 or rank than 1;
+        tf.errors.InvalidArgumentError (when read) for an example longer than its length.
         """
-        if not self.pack or self._passthrough_features:
+        if not self.pack:
             return self(ds, task_feature_lengths).batch(batch_size, drop_remainder=drop_remainder)
+        if set(task_feature_lengths) != set(self.TASK_FEATURES):
+            raise ValueError(f'task_feature_lengths must have exactly the keys {sorted(self.TASK_FEATURES)}, got '
+                             f'{sorted(task_feature_lengths)}')
         ds = self._validate_dataset(ds, expected_features=self.TASK_FEATURES, expected_lengths=task_feature_lengths,
                                     strict=False, error_label='input_validation')
         ds = _packed_windows(ds, task_feature_lengths, self._window)
