@@ -122,7 +122,7 @@ def encoder_decoder_features(rows: Mapping[str, tf.Tensor], bos_id: int = 0) -> 
         'encoder_input_tokens': rows['inputs'],
         'decoder_target_tokens': targets,
         'decoder_input_tokens': tf.where(first, tf.fill(tf.shape(targets), bos_id), shift_right(targets, bos_id)),
-        'decoder_loss_weights': tf.cast(tf.not_equal(targets, 0), tf.int32),
+        'decoder_loss_weights': seqio.non_padding_position(targets),
         'encoder_segment_ids': rows['inputs_segment_ids'],
         'decoder_segment_ids': segment_ids,
         'encoder_positions': rows['inputs_positions'],
