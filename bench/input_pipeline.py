@@ -47,18 +47,17 @@ def main() -> None:
 
     _register(200)
     converters = {'ours': packing.DensePackingEncDecFeatureConverter, 'per-row': PerRow}
-    times = {(name, pace): [] for name in converters for pace in (0.0, args.pace_ms / 1e3)}
+    paces = {0.0: 'full speed', args.pace_ms / 1e3: f'one batch per {args.pace_ms} ms'}
+    times = {(name, pace): [] for name in converters for pace in paces}
     print(f'# {load_note()}, threads {args.threads}; {args.rounds} alternated rounds x {args.steps} batches of '
           f'{BATCH} rows, {LENGTHS}', flush=True)
     for _ in range(args.rounds):
         for name, converter_cls in converters.items():
-            for pace in (0.0, args.pace_ms / 1e3):
+            for pace, label in paces.items():
                 times[name, pace].append(cpu_per_batch(converter_cls, args.steps, pace))
-                print(f'#   {name}, {"full speed" if not pace else f"one batch per {args.pace_ms} ms"}: '
-                      f'{1e3 * times[name, pace][-1]:.2f} ms CPU per batch', flush=True)
-    for pace in (0.0, args.pace_ms / 1e3):
+                print(f'#   {name}, {label}: {1e3 * times[name, pace][-1]:.2f} ms CPU per batch', flush=True)
+    for pace, label in paces.items():
         ours, peer = (statistics.median(times[name, pace]) for name in converters)
-        label = 'full speed' if not pace else f'one batch per {args.pace_ms} ms'
         print(f'input pipeline, {label}: ours {1e3 * ours:.2f} ms CPU per batch, per-row {1e3 * peer:.2f} ms; '
               f'ratio ours/per-row {ours / peer:.2f}')
 

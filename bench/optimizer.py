@@ -102,11 +102,10 @@ def main() -> None:
     print(f'# {load_note()}; {peak_note(times["gemm"])}; memory bandwidth {bandwidth / 1e9:.1f} GB/s (triad over '
           f'{parameter_bytes / 1e6:.0f} MB arrays)')
     ours, reference, hf = times['ours'], times['optax'], times['HF']
-    floor = STREAMED_PASSES * parameter_bytes / bandwidth
-    rates = ', '.join(f'{name} {STREAMED_PASSES * parameter_bytes / times[name] / bandwidth:.0%}'
-                      for name in ('ours', 'optax', 'HF'))
+    traffic = STREAMED_PASSES * parameter_bytes
+    rates = ', '.join(f'{name} {traffic / times[name] / bandwidth:.0%}' for name in ('ours', 'optax', 'HF'))
     print(f'# streaming model of an exact update: {STREAMED_PASSES} x {parameter_bytes / 1e6:.0f} MB, '
-          f'{floor * 1e3:.1f} ms at that bandwidth; the rate of each side under it, as a share of it: {rates}')
+          f'{traffic / bandwidth * 1e3:.1f} ms at that bandwidth; the rate of each side under it, as a share of it: {rates}')
     print(f'update: ours {ours * 1e3:.1f} ms, optax {reference * 1e3:.1f} ms, HF {hf * 1e3:.1f} ms; '
           f'ratio ours/HF {ours / hf:.2f}, ours/optax {ours / reference:.2f}')
 
