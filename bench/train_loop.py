@@ -12,7 +12,8 @@ the step's own speed drifts by up to 10-20% over minutes on a shared machine, mo
 Reported in wall seconds and in this process's CPU seconds (all threads: XLA's and tf.data's; on a CPU backend
 the input pipeline's threads take cores from the step). trainer.train's own per-phase wall times
 (reporting.HostTimer) are printed beside it; their share is only an upper bound (the data of step N+1 is read
-while the device runs step N). Run: `.venv/bin/python bench/train_loop.py [--threads N] [--steps S]
+while the device runs step N). So is the CPU time of each group of threads (`reporting.thread_cpu_seconds`, Linux):
+XLA's compute threads against the input pipeline's, which a drifting step does not blur. Run: `.venv/bin/python bench/train_loop.py [--threads N] [--steps S]
 [--rounds R]`.
 """
 import statistics
@@ -82,6 +83,10 @@ def main() -> None:
                   '(all but the first, which compiles or restores)')
             print(f'#   ms per step by phase: {per_step}; phases {", ".join(trainer.HOST_OVERHEAD_PHASES)}: '
                   f'{100 * segment["overhead_fraction"]:.1f}% of the loop (an upper bound)')
+            threads = {name: f'{1e3 * seconds / segment["steps"]:.1f}' for name, seconds
+                       in sorted(segment['thread_cpu_seconds'].items(), key=lambda item: -item[1]) if seconds > 0}
+            print(f'#   CPU ms per step by OS thread name: {threads} (tf_XLAEigen: the step; prefetch: the input '
+                  'pipeline, read in the prefetch thread and tf.data threads it started)')
             print(f'#   loop {1e3 * segment["loop"]:.1f} ms per step (CPU {1e3 * segment["loop_cpu"]:.1f}), step alone '
                   f'{" and ".join(f"{1e3 * w:.1f}" for w, _ in reference)} ms (CPU '
                   f'{" and ".join(f"{1e3 * c:.1f}" for _, c in reference)}): host overhead {100 * segment["wall"]:.1f}% '

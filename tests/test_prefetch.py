@@ -1,4 +1,5 @@
 """Prefetcher: batches in order, read ahead in a thread, while its saved state stays the consumed position."""
+import threading
 import time
 
 import numpy as np
@@ -54,3 +55,35 @@ def test_end_of_data_stops_iteration_and_close_stops_the_thread():
     endless = prefetch.Prefetcher(_iterator(), size=1)
     endless.close()
     assert not endless._thread.is_alive()  # pylint: disable=protected-access
+
+
+def _busy(limit: int) -> int:
+    """CPU work in the reading thread (a Python loop holds the GIL: its time goes to the thread that runs it)."""
+    total = 0
+    for value in range(limit):
+        total += value % 7
+    return total
+
+
+def test_reading_thread_is_named_and_its_cpu_time_is_told_apart():
+    from text2text import reporting
+    start = reporting.thread_cpu_seconds()
+    assert start, 'no /proc/self/task on this Linux machine'
+    iterator = data.DataIterator(lambda: tf.data.Dataset.range(4))
+    with prefetch.Prefetcher(iterator, prepare=lambda batch: _busy(3_000_000), size=1) as batches:
+        results = [next(batches) for _ in range(2)]
+        spent = reporting.cpu_seconds_by_thread_name(start, reporting.thread_cpu_seconds())
+    assert results == [_busy(3_000_000)] * 2
+    assert spent['prefetch'] > 0.1  # ~0.15 s of Python work per batch, two batches done
+
+
+def test_host_timer_summary_has_cpu_seconds_by_thread_name():
+    from text2text import reporting
+    timer = reporting.HostTimer()
+    main_name = reporting.thread_cpu_seconds()[threading.get_native_id()][0]
+    with timer.phase('data'):
+        _busy(3_000_000)
+    summary = timer.summary(1, ('data',))
+    assert summary['thread_cpu_seconds'][main_name] > 0.05
+    assert summary['seconds']['data'] > 0.05
+    assert 0 < summary['overhead_fraction'] <= 1

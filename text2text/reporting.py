@@ -57,14 +57,48 @@ class Progress:
         self.stream.flush()
 
 
+def thread_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """{thread id: (OS thread name, CPU seconds)} of this process's live threads: user + system time (float,
+    clock-tick resolution) and Linux's `comm` name (at most 15 characters; XLA:CPU's compute threads are
+    'tf_XLAEigen', and a thread started without a name inherits its creator's). Read from /proc/self/task; {}
+    where that does not exist (not Linux). Raises nothing: a thread that ends while being read is skipped."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    threads = {}
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/stat", encoding="utf-8", errors="replace") as stat:
+                text = stat.read()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()  # fields 14 and 15 of proc(5) are utime and stime
+        threads[int(task)] = (text[text.index("(") + 1:text.rindex(")")], (int(fields[11]) + int(fields[12])) / tick)
+    return threads
+
+
+def cpu_seconds_by_thread_name(start: Mapping[int, tuple[str, float]],
+                               end: Mapping[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two `thread_cpu_seconds` readings, summed by thread name at `end` (threads
+    started in between count from 0; threads that ended in between are not counted)."""
+    totals: dict[str, float] = collections.defaultdict(float)
+    for thread, (name, seconds) in end.items():
+        totals[name] += seconds - start.get(thread, (name, 0.0))[1]
+    return dict(totals)
+
+
 class HostTimer:
     """Wall seconds of the training loop's host-side phases (data, dispatch, logging, checkpoints...) against
-    the loop's total, to tell how much of a step the host adds (the jitted step itself runs asynchronously)."""
+    the loop's total, to tell how much of a step the host adds (the jitted step itself runs asynchronously),
+    and the CPU seconds each group of threads spent meanwhile (`thread_cpu_seconds`)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = collections.defaultdict(float)
         self._start = time.perf_counter()
         self._start_cpu = time.process_time()
+        self._start_threads = thread_cpu_seconds()
 
     def reset(self) -> None:
         """Starts over (e.g. after the first step, whose dispatch includes compilation)."""
@@ -79,14 +113,17 @@ class HostTimer:
             self.seconds[name] += time.perf_counter() - start
 
     def summary(self, steps: int, overhead: tuple[str, ...]) -> dict:
-        """{'steps', 'loop_seconds', 'loop_cpu_seconds', 'seconds': {phase: s}, 'overhead_fraction'}: wall and
-        process CPU seconds (all threads: host and, on CPU backends, the step itself) since the start or `reset`,
-        and the `overhead` phases' share of the loop's wall time (an upper bound on what they cost: data fetched
-        while the device runs the previous step)."""
+        """{'steps', 'loop_seconds', 'loop_cpu_seconds', 'seconds': {phase: s}, 'overhead_fraction',
+        'thread_cpu_seconds': {thread name: s}}: wall and process CPU seconds (all threads: host and, on CPU
+        backends, the step itself) since the start or `reset`, the `overhead` phases' share of the loop's wall
+        time (an upper bound on what they cost: data fetched while the device runs the previous step), and the
+        CPU seconds of each group of same-named threads (`cpu_seconds_by_thread_name`)."""
         total = time.perf_counter() - self._start
         spent = sum(self.seconds[name] for name in overhead)
+        threads = cpu_seconds_by_thread_name(self._start_threads, thread_cpu_seconds())
         return {"steps": steps, "loop_seconds": total, "loop_cpu_seconds": time.process_time() - self._start_cpu,
-                "seconds": dict(self.seconds), "overhead_fraction": spent / total if total > 0 else 0.0}
+                "seconds": dict(self.seconds), "overhead_fraction": spent / total if total > 0 else 0.0,
+                "thread_cpu_seconds": threads}
 
 
 class MetricsLog:
