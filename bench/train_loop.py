@@ -12,9 +12,9 @@ the step's own speed drifts by up to 10-20% over minutes on a shared machine, mo
 Reported in wall seconds and in this process's CPU seconds (all threads: XLA's and tf.data's; on a CPU backend
 the input pipeline's threads take cores from the step). trainer.train's own per-phase wall times
 (reporting.HostTimer) are printed beside it; their share is only an upper bound (the data of step N+1 is read
-while the device runs step N). So is the CPU time of each group of threads (`reporting.thread_cpu_seconds`, Linux):
-XLA's compute threads against the input pipeline's, which a drifting step does not blur. Run: `.venv/bin/python bench/train_loop.py [--threads N] [--steps S]
-[--rounds R]`.
+while the device runs step N). The CPU time of each group of threads is printed too
+(`reporting.thread_cpu_seconds`, Linux): XLA's compute threads against the input pipeline's, a split that a
+drifting step does not blur. Run: `.venv/bin/python bench/train_loop.py [--threads N] [--steps S] [--rounds R]`.
 """
 import statistics
 import tempfile

@@ -8,13 +8,18 @@ import threading
 from typing import Any, Callable
 
 
-PR_SET_NAME = 15  # prctl(2)
+_PR_SET_NAME = 15  # prctl(2)
 
 
 def _name_os_thread(name: bytes) -> None:
-    """Sets the calling thread's OS name (Linux `comm`, at most 15 bytes) where the C library has prctl."""
-    if sys.platform.startswith('linux'):
-        ctypes.CDLL(None).prctl(PR_SET_NAME, name, 0, 0, 0)
+    """Sets the calling thread's OS name (Linux `comm`, at most 15 bytes) with prctl(2), best effort: nothing
+    happens off Linux or where the C library has no prctl; raises nothing."""
+    if not sys.platform.startswith('linux'):
+        return
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_NAME, name, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 class Prefetcher:

@@ -58,10 +58,11 @@ class Progress:
 
 
 def thread_cpu_seconds() -> dict[int, tuple[str, float]]:
-    """{thread id: (OS thread name, CPU seconds)} of this process's live threads: user + system time (float,
-    clock-tick resolution) and Linux's `comm` name (at most 15 characters; XLA:CPU's compute threads are
-    'tf_XLAEigen', and a thread started without a name inherits its creator's). Read from /proc/self/task; {}
-    where that does not exist (not Linux). Raises nothing: a thread that ends while being read is skipped."""
+    """{native thread id (`threading.get_native_id()`): (OS thread name, CPU seconds)} of this process's live
+    threads: user + system time (float, clock-tick resolution, 10 ms on most Linux systems) and Linux's `comm`
+    name (at most 15 characters; XLA:CPU's compute threads are 'tf_XLAEigen', and a thread started without a
+    name inherits its creator's). Read from /proc/self/task; {} where that does not exist (not Linux). Raises
+    nothing: a thread that ends while being read, or whose stat line cannot be parsed, is skipped."""
     try:
         tasks = os.listdir("/proc/self/task")
     except OSError:
@@ -72,10 +73,11 @@ def thread_cpu_seconds() -> dict[int, tuple[str, float]]:
         try:
             with open(f"/proc/self/task/{task}/stat", encoding="utf-8", errors="replace") as stat:
                 text = stat.read()
-        except OSError:
+            fields = text[text.rindex(")") + 2:].split()  # fields 14 and 15 of proc(5) are utime and stime
+            threads[int(task)] = (text[text.index("(") + 1:text.rindex(")")],
+                                  (int(fields[11]) + int(fields[12])) / tick)
+        except (OSError, ValueError, IndexError):
             continue
-        fields = text[text.rindex(")") + 2:].split()  # fields 14 and 15 of proc(5) are utime and stime
-        threads[int(task)] = (text[text.index("(") + 1:text.rindex(")")], (int(fields[11]) + int(fields[12])) / tick)
     return threads
 
 
@@ -117,7 +119,8 @@ class HostTimer:
         'thread_cpu_seconds': {thread name: s}}: wall and process CPU seconds (all threads: host and, on CPU
         backends, the step itself) since the start or `reset`, the `overhead` phases' share of the loop's wall
         time (an upper bound on what they cost: data fetched while the device runs the previous step), and the
-        CPU seconds of each group of same-named threads (`cpu_seconds_by_thread_name`)."""
+        CPU seconds of each group of same-named threads (`cpu_seconds_by_thread_name`: threads that ended before
+        this call are not counted, so call it before stopping e.g. a prefetch thread)."""
         total = time.perf_counter() - self._start
         spent = sum(self.seconds[name] for name in overhead)
         threads = cpu_seconds_by_thread_name(self._start_threads, thread_cpu_seconds())

@@ -388,10 +388,11 @@ def train(
                         with timer.phase("eval"):
                             eval_results = evaluator.evaluate(run.state.params, step=step)
                         progress.message(f"eval at step {step}:\n{evaluation.format_metrics_table(eval_results)}")
+            # before close(): the CPU time of the prefetch thread is read while it is alive
+            host = timer.summary(max(int(run.state.step) - start_step - 1, 0), HOST_OVERHEAD_PHASES)
         finally:
             batches.close()
             preemption.uninstall()
-        host = timer.summary(max(int(run.state.step) - start_step - 1, 0), HOST_OVERHEAD_PHASES)
         logging.getLogger(__name__).debug("host time per phase (s): %s; host overhead %.1f%% of the loop",
                                           host["seconds"], 100 * host["overhead_fraction"])
         run.manager.wait_until_finished()
