@@ -238,7 +238,7 @@ def _span_text(context_words: Sequence[str], prediction_words: Sequence[str]) ->
 
 
 def span_squad(targets: Sequence[dict], predictions: Sequence[str]) -> Dict[str, float]:
-    """SQuAD em/f1 of span predictions 'start: S end: E' (t5's `span_squad`): the prediction becomes the words
+    r"""SQuAD em/f1 of span predictions 'start: S end: E' (t5's `span_squad`): the prediction becomes the words
 
     S..E of the target's context, both split into words at Unicode non-word characters (Python `\W`, runs
     of them collapsed), then scored like `squad` against the target's answers; a malformed prediction is ''.

@@ -97,3 +97,40 @@ def test_missing_required_macro(main):
 def test_debug_raises_instead_of_exiting(main):
     with pytest.raises(UserError, match="glue_sst2_v002"):
         main(*REQUIRED_FLAGS, "--gin.MIXTURE_OR_TASK_NAME='glue_sst_v002'", "--debug")
+
+
+class _FinalizerThatHoldsItsPartner:
+    """Garbage whose finalizer lends its partner to `held` for the rest of the collection pass, as a thread that
+    runs while an iterator's finalizer has released the GIL can; CPython then keeps both for a later pass."""
+    held: list = []
+
+    def __init__(self):
+        self.partner = _Partner()
+        self.partner.owner = self
+
+    def __del__(self):
+        self.held.append(self.partner)
+
+
+class _Partner:
+    owner = None
+
+
+def test_cli_collects_again_what_a_finalizer_kept_for_a_later_pass(capsys):
+    import gc
+
+    def drop_the_loan(phase, info):
+        if phase == "stop":
+            _FinalizerThatHoldsItsPartner.held.clear()
+
+    _FinalizerThatHoldsItsPartner()  # garbage at once: a reference cycle
+    gc.callbacks.append(drop_the_loan)  # the collector reads this very list
+    gc.disable()  # only cli's own passes run
+    try:
+        code = launch.cli(["--gin_file=runs/finetuen.gin"])
+    finally:
+        gc.enable()
+        gc.callbacks.remove(drop_the_loan)
+    assert code == 2
+    assert "error: gin file 'runs/finetuen.gin' not found" in capsys.readouterr().err
+    assert not [o for o in gc.get_objects() if isinstance(o, _Partner)]  # weak references are cleared earlier

@@ -2,6 +2,7 @@
 MultiRC's): an invalid example stops with one line naming it, or is skipped and counted when the user opts in;
 valid examples come out as before (their exact strings are checked in test_super_glue.py and test_glue.py)."""
 import gc
+import inspect
 import logging
 import os
 import subprocess
@@ -136,8 +137,14 @@ def test_run_py_prints_one_error_line_for_an_invalid_example(tmp_path, spm_model
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [BAD_ROW_ERROR]
 
 
-def _live_tf_data_iterators() -> set:
-    return {id(o) for o in gc.get_objects() if isinstance(o, tf.data.Iterator)}
+def _live_tf_data_iterators() -> list:
+    return [o for o in gc.get_objects() if isinstance(o, tf.data.Iterator)]
+
+
+def _referrers(obj) -> list:
+    """What keeps `obj` alive, for the failure message: each referrer's type, and a frame's code location."""
+    return [f"{type(r).__name__} {r.f_code.co_filename}:{r.f_lineno}" if inspect.isframe(r) else type(r).__name__
+            for r in gc.get_referrers(obj)]
 
 
 @pytest.mark.parametrize("debug", [False, True])
@@ -147,13 +154,13 @@ def test_cli_frees_the_failed_runs_data_iterators_before_returning(tmp_path, spm
     Python-calling pipeline waits on threads that can no longer take the GIL. cli frees it first."""
     monkeypatch.setattr(seqio.TfdsDataSource, "list_shards", lambda self, split: [])
     gc.collect()
-    before = _live_tf_data_iterators()
+    before = {id(o) for o in _live_tf_data_iterators()}
     gc.disable()  # only an explicit collection frees the error's reference cycles
     gin.clear_config()
     try:
         with hand_written_tfds({"train": [BAD_ROW]}):
             code = launch.cli([*RUN_FLAGS, f"--gin.MODEL_DIR='{tmp_path / 'model'}'"] + ["--debug"] * debug)
-        left = _live_tf_data_iterators() - before
+        left = {repr(o): _referrers(o) for o in _live_tf_data_iterators() if id(o) not in before}
     finally:
         gc.enable()
         gin.clear_config()
@@ -161,4 +168,4 @@ def test_cli_frees_the_failed_runs_data_iterators_before_returning(tmp_path, spm
     assert code == (1 if debug else 2)
     assert ("Traceback" in stderr) == debug
     assert BAD_ROW_ERROR[len("error: "):] in stderr
-    assert not left
+    assert not left, left
