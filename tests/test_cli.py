@@ -1,4 +1,5 @@
 """run.py's basic user errors: one "error:" line on stderr, exit code 2, no traceback (unless --debug)."""
+import gc
 import os
 import re
 import subprocess
@@ -117,8 +118,6 @@ class _Partner:
 
 
 def test_cli_collects_again_what_a_finalizer_kept_for_a_later_pass(capsys):
-    import gc
-
     def drop_the_loan(phase, info):
         if phase == "stop":
             _FinalizerThatHoldsItsPartner.held.clear()
