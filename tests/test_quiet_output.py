@@ -67,3 +67,27 @@ def test_verbose_shows_the_library_chatter(verbose, capsys):
     assert ("Task 'demo_sort' not cached" in err) == verbose
     assert ("system_path_file_exists" in err) == verbose
     assert "skipped 3 bad row(s)" in err and "resumed from /tmp/m at step 2" in err
+
+
+class _RaisesInFinalizer:
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def __del__(self):
+        raise self.error
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_orbax_closed_event_loop_unraisable_shows_only_with_verbose(verbose, capsys, monkeypatch):
+    """Reads still in flight after a failed restore report 'Event loop is closed' from their own threads; without
+    --verbose only that one is dropped, other unraisable exceptions still show."""
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's own: it writes to sys.stderr
+    console.configure_logging(verbose)
+    try:
+        _RaisesInFinalizer(RuntimeError("Event loop is closed"))
+        _RaisesInFinalizer(ValueError("a finalizer's own bug"))
+    finally:
+        console.configure_logging(False)
+    err = capsys.readouterr().err
+    assert ("RuntimeError: Event loop is closed" in err) == verbose
+    assert "ValueError: a finalizer's own bug" in err
