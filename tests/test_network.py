@@ -151,7 +151,8 @@ def test_cached_decoding_matches_teacher_forcing(config):
     _, variables = model.apply({'params': params}, encoded, enc, jnp.zeros_like(dec_in), enable_dropout=False,
                                decode=True, mutable=['cache'], method=model.decode)
     cache, steps = variables['cache'], []
-    assert cache['decoder']['layers_0']['self_attention']['cached_key'].shape == (2, 6, 2, 16)
+    # the self-attention cache is [b, heads, head_dim, max length] too, filled one column per step
+    assert cache['decoder']['layers_0']['self_attention']['cached_key'].shape == (2, 2, 16, 6)
     # the creation call fills the encoder-decoder K/V, as [b, heads, head_dim, encoder length], and no index
     cross = cache['decoder']['layers_0']['encoder_decoder_attention']
     assert set(cross) == {'cached_key', 'cached_value'}

@@ -238,9 +238,9 @@ class MultiHeadAttention(nn.Module):
         else:
             key, value = self._project_kv(inputs_kv)
             if decode:
-                key, value, bias = self._update_self_cache(key, value, bias)
+                key, value, bias, key_axes = self._update_self_cache(key, value, bias)
         if self.peft is not None:
-            key, value, bias = self.peft.attention_kv(self, key, value, bias)
+            key, value, bias = self.peft.attention_kv(self, key, value, bias, key_axes)
 
         dropout = not deterministic and self.dropout_rate > 0.0
         if self.kernel != 'einsum' and not decode and not dropout:
@@ -267,23 +267,33 @@ class MultiHeadAttention(nn.Module):
                           preferred_element_type=jnp.float32).astype(self.dtype)
 
     def _update_self_cache(self, key, value, bias):
-        """Write this step's K/V at cache_index; return full cached K/V and the bias with future keys masked."""
+        """Writes this step's K/V [b, 1, h, d] at cache_index; returns the whole cached K/V, the bias with future
+        keys masked, and the K/V layout.
+
+        The cache holds [b, heads, head_dim, max length] (layout 'bhdk', as `_cached_cross_kv`): XLA:CPU's per-step
+        attention dots read that layout, so with [b, k, h, d] every layer copied both whole arrays into it at every
+        step. The cache creation call (full-length inputs, shapes only) returns its own K/V in 'bkhd'.
+        """
         initialized = self.has_variable('cache', 'cached_key')
-        cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
-        cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+        batch, length, heads, head_dim = key.shape
+        cached_key = self.variable('cache', 'cached_key', jnp.zeros, (batch, heads, head_dim, length), key.dtype)
+        cached_value = self.variable('cache', 'cached_value', jnp.zeros, (batch, heads, head_dim, length),
+                                     value.dtype)
         cache_index = self.variable('cache', 'cache_index', lambda: jnp.array(0, dtype=jnp.int32))
-        if not initialized:  # cache creation call on full-length inputs: shapes only, plain attention
-            return key, value, bias
-        if key.shape[1] != 1:
-            raise ValueError(f'decode=True expects one token per call, got length {key.shape[1]}')
+        if not initialized:
+            return key, value, bias, 'bkhd'
+        if length != 1:
+            raise ValueError(f'decode=True expects one token per call, got length {length}')
         index = cache_index.value
-        cached_key.value = jax.lax.dynamic_update_slice_in_dim(cached_key.value, key, index, axis=1)
-        cached_value.value = jax.lax.dynamic_update_slice_in_dim(cached_value.value, value, index, axis=1)
+        cached_key.value = jax.lax.dynamic_update_slice_in_dim(cached_key.value, key.reshape(batch, heads, head_dim, 1),
+                                                               index, axis=3)
+        cached_value.value = jax.lax.dynamic_update_slice_in_dim(cached_value.value,
+                                                                 value.reshape(batch, heads, head_dim, 1), index, axis=3)
         cache_index.value = index + 1
-        length = cached_key.value.shape[1]
-        future = jnp.where(jnp.arange(length) > index, NEG_INF, 0.0).astype(jnp.float32)[None, None, None, :]
+        max_length = cached_key.value.shape[-1]
+        future = jnp.where(jnp.arange(max_length) > index, NEG_INF, 0.0).astype(jnp.float32)[None, None, None, :]
         bias = future if bias is None else bias + future
-        return cached_key.value, cached_value.value, bias
+        return cached_key.value, cached_value.value, bias, 'bhdk'
 
     def _cached_cross_kv(self, inputs_kv):
         """Encoder-decoder K/V as [b, heads, head_dim, encoder length], projected once by the cache creation call

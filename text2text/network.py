@@ -156,7 +156,7 @@ class Decoder(nn.Module):
         cache = scan.first_layer_cache(self.variables.get('cache', {}), self.config.scan_layers, 'self_attention')
         if not decode or cache is None:
             return jnp.arange(length), jnp.arange(length)
-        return cache['cache_index'][None], jnp.arange(cache['cached_key'].shape[1])
+        return cache['cache_index'][None], jnp.arange(cache['cached_key'].shape[-1])
 
 
 class Transformer(nn.Module):

@@ -79,10 +79,12 @@ class PeftConfig:
             y = bitfit.add_bias(module, y)
         return y
 
-    def attention_kv(self, module: nn.Module, key: jax.Array, value: jax.Array, bias: jax.Array | None):
-        """Hook on an attention's (key, value, bias) after the KV cache: prefix tuning in self-attention."""
+    def attention_kv(self, module: nn.Module, key: jax.Array, value: jax.Array, bias: jax.Array | None,
+                     key_axes: str = 'bkhd'):
+        """Hook on an attention's (key, value, bias) after the KV cache, K/V in `key_axes` layout ('bkhd' or a
+        decoding cache's 'bhdk'): prefix tuning in self-attention."""
         if self.prefix_tuning is not None and module.name in prefix_tuning.SELF_ATTENTION_NAMES:
-            return prefix_tuning.attach_prefix(self.prefix_tuning, module, key, value, bias)
+            return prefix_tuning.attach_prefix(self.prefix_tuning, module, key, value, bias, key_axes)
         return key, value, bias
 
     def adapter(self, x: jax.Array, sublayer: str) -> jax.Array:

@@ -75,13 +75,19 @@ class PrefixKeyValue(nn.Module):
 
 
 def attach_prefix(cfg: PrefixTuningConfig, module: nn.Module, key: jax.Array, value: jax.Array,
-                  bias: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """Keys/values [b, P+k, h, d] with the layer's prefix in front; bias gets P zero (visible) columns."""
+                  bias: jax.Array | None, key_axes: str = 'bkhd') -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Keys/values with the layer's P prefix positions in front of the k key positions, in the layout `key_axes`
+    names ('bkhd': [b, P+k, h, d]; a decoding cache's 'bhdk': [b, h, d, P+k]); bias gets P zero (visible)
+    columns."""
     prefix_key, prefix_value = PrefixKeyValue(cfg, module.num_heads, module.head_dim, name=SCOPE)()
-    batch = key.shape[0]
-    key = jnp.concatenate([jnp.broadcast_to(prefix_key.astype(key.dtype), (batch, *prefix_key.shape)), key], 1)
-    value = jnp.concatenate([jnp.broadcast_to(prefix_value.astype(value.dtype), (batch, *prefix_value.shape)),
-                             value], 1)
+    order = tuple('khd'.index(axis) for axis in key_axes[1:])
+    axis = key_axes.index('k')
+
+    def attach(prefix, x):
+        prefix = jnp.transpose(prefix.astype(x.dtype), order)
+        return jnp.concatenate([jnp.broadcast_to(prefix, (x.shape[0], *prefix.shape)), x], axis)
+
+    key, value = attach(prefix_key, key), attach(prefix_value, value)
     if bias is not None:
         bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 1) + [(cfg.length, 0)])
     return key, value, bias
