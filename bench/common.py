@@ -220,13 +220,27 @@ class Worker:
         self._process.join()
 
 
-def interleaved(runners: dict[str, tuple[Worker, str]], rounds: int, calls: int) -> dict[str, float]:
-    """Median seconds per call of each (worker, runner name), timed in `rounds` interleaved rounds of `calls`."""
+def interleaved(runners: dict[str, tuple[Worker, str]], rounds: int, calls: int,
+                per_round: dict[str, list[float]] | None = None) -> dict[str, float]:
+    """Median seconds per call of each (worker, runner name), timed in `rounds` interleaved rounds of `calls`.
+    `per_round`, when given, receives each label's median of every round (for `round_ratios`)."""
     times: dict[str, list[float]] = {label: [] for label in runners}
     for _ in range(rounds):
         for label, (worker, name) in runners.items():
-            times[label].extend(worker.time(name, calls))
+            seconds = worker.time(name, calls)
+            times[label].extend(seconds)
+            if per_round is not None:
+                per_round.setdefault(label, []).append(statistics.median(seconds))
     return {label: statistics.median(values) for label, values in times.items()}
+
+
+def round_ratios(per_round: dict[Any, list[float]], numerator: Any, denominator: Any) -> str:
+    """'# A / B in each round: ...': per round of `interleaved`, the median seconds of label `numerator` over those
+    of `denominator` (labels: strings or tuples of them). The machine's speed drifts between rounds, so this shows
+    how far each round's ratio strays from the ratio of the overall medians."""
+    ratios = [a / b for a, b in zip(per_round[numerator], per_round[denominator])]
+    name = lambda label: ' '.join(label) if isinstance(label, tuple) else label  # noqa: E731
+    return f'# {name(numerator)} / {name(denominator)} in each round: {", ".join(f"{r:.2f}" for r in ratios)}'
 
 
 GEMM_SIZE = 1024

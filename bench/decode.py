@@ -12,7 +12,8 @@ import tempfile
 
 import numpy as np
 
-from common import PEER_ENVIRONMENT, Worker, bench_config, build_gemm, interleaved, load_note, parse_args, peak_note
+from common import (PEER_ENVIRONMENT, Worker, bench_config, build_gemm, interleaved, load_note, parse_args, peak_note,
+                    round_ratios)
 from gpu_mfu import train_flops_per_step
 
 BATCH, INPUTS, NEW_TOKENS = 8, 64, 32
@@ -79,8 +80,9 @@ def main() -> None:
     assert (ours_tokens > 1).all() and (hf_tokens > 1).all(), 'a row emitted EOS early; timings would differ'
     print(f'# {load_note()}, threads {args.threads}; greedy tokens equal to HF: {np.mean(ours_tokens == hf_tokens):.3f};'
           f' {args.rounds} rounds x {args.steps} calls', flush=True)
+    per_round = {}
     times = interleaved({'ours': (ours, 'generate'), 'HF': (hf, 'generate'), 'gemm': (ours, 'gemm')}, args.rounds,
-                        args.steps)
+                        args.steps, per_round)
     ours.close()
     hf.close()
     tokens = BATCH * NEW_TOKENS
@@ -88,6 +90,7 @@ def main() -> None:
     print(f'# {load_note()}')
     print(f'# ours: {peak_note(times["gemm"], flops, times["ours"])}')
     print(f'# HF: {peak_note(times["gemm"], flops, times["HF"])}')
+    print(round_ratios(per_round, 'HF', 'ours'))
     print(f'decode: ours {tokens / times["ours"]:.0f} tokens/s, HF {tokens / times["HF"]:.0f} tokens/s, '
           f'ratio {times["HF"] / times["ours"]:.2f}')
 

@@ -18,7 +18,8 @@ import tempfile
 
 import numpy as np
 
-from common import PEER_ENVIRONMENT, Worker, bench_config, build_gemm, interleaved, load_note, parse_args, peak_note
+from common import (PEER_ENVIRONMENT, Worker, bench_config, build_gemm, interleaved, load_note, parse_args, peak_note,
+                    round_ratios)
 from gpu_mfu import train_flops_per_step
 
 TASK = 'bench_eval_sst2_like'
@@ -156,8 +157,9 @@ def main() -> None:
         hf = Worker(args.threads, build_hf, directory, args.examples, environment=PEER_ENVIRONMENT)
         print(f'# {load_note()}, threads {args.threads}; {args.examples} examples, batch {BATCH}, '
               f'{args.rounds} interleaved rounds', flush=True)
+        per_round = {}
         times = interleaved({'ours': (ours, 'eval'), 'ours full width': (ours, 'eval full width'),
-                             'HF': (hf, 'eval'), 'gemm': (ours, 'gemm')}, args.rounds, args.steps)
+                             'HF': (hf, 'eval'), 'gemm': (ours, 'gemm')}, args.rounds, args.steps, per_round)
         mine, theirs = ours.call('result'), hf.call('result')
         ours.close()
         hf.close()
@@ -170,6 +172,7 @@ def main() -> None:
     print(f'# HF: {peak_note(times["gemm"], mine["flops"], times["HF"])}')
     rate = {name: args.examples / seconds for name, seconds in times.items() if name != 'gemm'}
     print(f'# ours full width {rate["ours full width"]:.0f} examples/s')
+    print(round_ratios(per_round, 'HF', 'ours'))
     print(f'eval: ours {rate["ours"]:.0f} examples/s, HF {rate["HF"]:.0f} examples/s, '
           f'ratio {rate["ours"] / rate["HF"]:.2f}')
 

@@ -13,7 +13,7 @@ bench/gpu_peers.py.
 import numpy as np
 
 from common import (PEER_ENVIRONMENT, HfTrainer, OurTrainer, Worker, bench_config, build_gemm, interleaved, load_note,
-                    parse_args, peak_note)
+                    parse_args, peak_note, round_ratios)
 from gpu_mfu import train_flops_per_step
 
 BATCH = 8
@@ -128,8 +128,9 @@ def main() -> None:
     print(f'# {tokens} real tokens; {padded_batches} padded batches ({tokens / (padded_batches * slots):.0%} real), '
           f'{packed_batches} packed batches ({tokens / (packed_batches * slots):.0%} real)')
     print(f'# {load_note()}, threads {args.threads}; {args.rounds} interleaved rounds of one pass each', flush=True)
+    per_round = {}
     seconds = interleaved({'ours packed': (ours, 'packed'), 'ours padded': (ours, 'padded'),
-                           'HF padded': (hf, 'padded'), 'gemm': (ours, 'gemm')}, args.rounds, args.steps)
+                           'HF padded': (hf, 'padded'), 'gemm': (ours, 'gemm')}, args.rounds, args.steps, per_round)
     ours.close()
     hf.close()
     rate = {name: tokens / value for name, value in seconds.items() if name != 'gemm'}
@@ -137,6 +138,7 @@ def main() -> None:
     print(f'# ours packed: {peak_note(seconds["gemm"], step_flops * packed_batches, seconds["ours packed"])}')
     print(f'# HF padded: {peak_note(seconds["gemm"], step_flops * padded_batches, seconds["HF padded"])}')
     print(f'# {load_note()}; ours on padded batches {rate["ours padded"]:.0f} tokens/s')
+    print(round_ratios(per_round, 'HF padded', 'ours packed'))
     print(f'packing: ours {rate["ours packed"]:.0f} tokens/s, HF {rate["HF padded"]:.0f} tokens/s, '
           f'ratio {rate["ours packed"] / rate["HF padded"]:.2f}')
 

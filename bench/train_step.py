@@ -14,7 +14,7 @@ accumulation). Run from the repo root:
 import numpy as np
 
 from common import (PEER_ENVIRONMENT, HfTrainer, OurTrainer, Worker, bench_config, build_gemm, interleaved, load_note,
-                    parse_args, peak_note)
+                    parse_args, peak_note, round_ratios)
 from gpu_mfu import train_flops_per_step
 
 BATCH, INPUTS, TARGETS = 8, 128, 32
@@ -65,7 +65,8 @@ def main() -> None:
         runners['gemm_bfloat16'] = (workers['ours'], 'gemm_bfloat16')
     print(f'# {load_note()}, threads {args.threads} (XLA and torch); ours in {args.dtype}; {args.rounds} '
           f'interleaved rounds x {args.steps} steps; median s/step', flush=True)
-    times = interleaved(runners, args.rounds, args.steps)
+    per_round = {}
+    times = interleaved(runners, args.rounds, args.steps, per_round)
     for worker in workers.values():
         worker.close()
     for part in parts[1:]:
@@ -83,6 +84,7 @@ def main() -> None:
     if bf16:
         autocast = times['HF bf16 autocast', 'step']
         print(f'# HF under torch.autocast(bfloat16): {autocast:.4f} s/step, ours / it {ours / autocast:.2f}')
+    print(round_ratios(per_round, ('ours', 'step'), ('HF', 'step')))
     print(f'train_step: ours {ours:.4f} s/step, HF {hf:.4f} s/step, ratio {ours / hf:.2f}')
 
 
