@@ -8,13 +8,13 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import seqio
 import tensorflow as tf
 from jax.experimental.compilation_cache import compilation_cache
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
+from checkpoint_helpers import read_saved_state
 from text2text import checkpoints, config, data, models, optim, trainer
 from text2text.errors import UserError
 
@@ -216,8 +216,7 @@ def _poisoned_steps(task, steps):
 
 def _params(model_dir, step):
     """The whole train state saved at `step` (step, params, opt_state)."""
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        return checkpointer.restore(os.path.join(model_dir, str(step), checkpoints.STATE_ITEM))
+    return read_saved_state(os.path.join(model_dir, str(step)))
 
 
 def test_trainer_resumes_from_previous_checkpoint_when_newest_is_corrupt(tmp_path, task, caplog):
@@ -277,5 +276,5 @@ def test_disk_full_in_training_is_one_clear_error_and_previous_checkpoint_surviv
     monkeypatch.undo()
     assert [p for p in os.listdir(tmp_path) if p[0].isdigit()] == ["3"]  # no partial step 6 left behind
     step, _, data_state = checkpoints.CheckpointManager(tmp_path, read_only=True).restore_latest(
-        checkpoints.abstract_like(_params(tmp_path, 3)))
+        checkpoints.abstract_like(jax.tree.map(jnp.asarray, _params(tmp_path, 3))))
     assert step == 3 and data_state["batches_consumed"] == 3

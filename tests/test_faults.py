@@ -104,14 +104,11 @@ def _load(step_dir):
     """Every array of a step's train state (numpy) and its data-iterator JSON; raises if anything is unreadable."""
     import json
 
-    import orbax.checkpoint as ocp
-    from etils import epath
-
+    from checkpoint_helpers import read_saved_state
     from text2text import checkpoints
 
     checkpoints.verify_manifest(step_dir)
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        state = checkpointer.restore(epath.Path(step_dir) / checkpoints.STATE_ITEM)
+    state = read_saved_state(step_dir)
     with open(os.path.join(step_dir, checkpoints.DATA_ITEM, "metadata"), encoding="utf-8") as f:
         return state, json.load(f)
 
