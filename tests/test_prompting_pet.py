@@ -5,6 +5,7 @@ import functools
 import jax
 import numpy as np
 import pytest
+from scipy.special import softmax
 
 from prompting_fixtures import prompt_model, toy_examples
 from tasks.prompting import Template, Verbalizer, engine
@@ -61,7 +62,17 @@ def test_span_corruption_batches_hide_spans_behind_ordered_sentinels():
     assert all(start < end <= nxt for (start, end), (nxt, _) in zip(spans, spans[1:]))
 
 
-def test_pet_soft_labels_are_the_weighted_pattern_average_and_distillation_reports_their_kl():
+def test_pet_soft_labels_are_the_softmax_of_the_weighted_average_of_the_pattern_scores():
+    scores = np.array([[[0.0, -8.0]], [[-1.0, 0.0]]])  # [patterns, n, C]
+    soft = pet_lib.soft_labels(scores, np.array([0.5, 0.5]), temperature=2.0)
+    np.testing.assert_allclose(soft, softmax(np.array([[-0.5, -4.0]]) / 2.0, axis=-1), rtol=1e-12)
+    averaged_distributions = 0.5 * softmax(scores[0] / 2.0, axis=-1) + 0.5 * softmax(scores[1] / 2.0, axis=-1)
+    assert abs(soft[0, 0] - averaged_distributions[0, 0]) > 0.1  # PET averages scores, not distributions
+    np.testing.assert_allclose(pet_lib.soft_labels(scores, np.array([1.0, 0.0])), softmax(scores[0], axis=-1),
+                               rtol=1e-12)
+
+
+def test_pet_soft_labels_come_from_the_pattern_models_scores_and_distillation_reports_their_kl():
     s, d = setting(), data()
     setup = pet_lib.pattern_setup(s)
     models = pet_lib.train_pattern_models(s, PROBLEM, setup, [d.train] * 2, seed=0)
@@ -72,15 +83,16 @@ def test_pet_soft_labels_are_the_weighted_pattern_average_and_distillation_repor
     expected_weights = np.asarray(zero_shot) / sum(zero_shot) if sum(zero_shot) else np.full(2, 0.5)
     np.testing.assert_allclose(weights, expected_weights)
     np.testing.assert_allclose(pet_lib.pattern_weights(models, "uniform"), [0.5, 0.5])
-    distributions = pet_lib.pattern_distributions(setup, PROBLEM, models, d.unlabelled, temperature=2.0)
-    soft = pet_lib.soft_labels(distributions, weights)
-    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-12)
+    scores = pet_lib.pattern_scores(setup, PROBLEM, models, d.unlabelled)
+    soft = pet_lib.soft_labels(scores, weights, temperature=2.0)
+    np.testing.assert_allclose(soft.sum(axis=-1), 1.0, rtol=1e-12)
     for p, (model, template) in enumerate(zip(models, PROBLEM.templates)):
         task = PROBLEM.class_task(d.unlabelled, template)
-        scores = engine.class_log_likelihoods(s.base, model.params, task.inputs, task.class_targets) / 2.0
-        np.testing.assert_allclose(distributions[p], jax.nn.softmax(scores, axis=1), rtol=1e-5)
-    np.testing.assert_allclose(soft, weights[0] * distributions[0] + weights[1] * distributions[1], rtol=1e-12)
-    assert np.ptp(distributions[0] - distributions[1]) > 1e-4  # the patterns' models really differ
+        np.testing.assert_allclose(
+            scores[p], engine.class_log_likelihoods(s.base, model.params, task.inputs, task.class_targets), rtol=1e-5)
+    np.testing.assert_allclose(soft, softmax((weights[0] * scores[0] + weights[1] * scores[1]) / 2.0, axis=-1),
+                               rtol=1e-9)
+    assert np.ptp(scores[0] - scores[1]) > 1e-4  # the patterns' models really differ
     # A batch is the whole unlabelled set: run 2's second KL is measured at run 1's final params.
     one, two = (pet_lib.distill(setup, s, PROBLEM, d.unlabelled, soft, steps, seed=0) for steps in (1, 2))
     task = pet_lib.distillation_task(PROBLEM, d.unlabelled, soft)
@@ -100,13 +112,30 @@ def test_pet_method_reports_patterns_ensemble_and_distilled_model():
     assert info["template"] == PROBLEM.templates[0].inputs
 
 
-def test_ipet_pseudo_labelled_sets_grow_by_the_scale_factor_and_are_class_balanced():
+def test_ipet_training_sets_grow_by_the_scale_factor_with_the_labelled_class_ratio():
     result = ipet_lib.ipet(setting(), PROBLEM, data(unlabelled=40), seed=0, generations=2, scale_factor=3, alpha=0.0)
     counts = result.details["pseudo_labelled_class_counts"]
-    assert counts == [[[6, 6]] * 2, [[18, 18]] * 2]  # 4 labelled x 3 ** g, half per class, for each pattern
-    rows, labels = ipet_lib.pseudo_labels(np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]]), 5)
-    assert sorted(rows) == [0, 1, 2, 3] and list(labels) == [0, 1, 0, 1] and list(rows) == [0, 3, 1, 2]
+    assert len(counts) == 2 and all(len(generation) == 2 for generation in counts)
+    for generation, per_class in ((0, 4), (1, 16)):  # 2 labelled per class x (3 ** g - 1)
+        for pattern_counts in counts[generation]:
+            assert all(count in (0, per_class) for count in pattern_counts) and sum(pattern_counts) > 0
     np.testing.assert_allclose(ipet_lib.other_weights(np.array([0.5, 0.3, 0.2]), 0), [0.0, 0.6, 0.4])
+
+
+def test_ipet_pseudo_labels_are_the_ensembles_predictions_drawn_by_confidence():
+    distribution = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4], [0.45, 0.55]])
+    rows, labels = ipet_lib.pseudo_labels(distribution, [3, 2], np.random.default_rng(0))
+    assert sorted(rows[labels == 0]) == sorted(set(rows[labels == 0])) and set(rows[labels == 0]) <= {0, 1, 2, 3}
+    assert list(rows[labels == 1]) == [4, 4]  # one example predicted as class 1: repeated, never relabelled
+    assert list(labels) == [0, 0, 0, 1, 1]
+    rows, labels = ipet_lib.pseudo_labels(distribution[:4], [1, 3], np.random.default_rng(0))
+    assert list(labels) == [0] and rows[0] in (0, 1, 2, 3)  # no example is predicted as class 1
+    picks = np.concatenate([ipet_lib.pseudo_labels(distribution[:4], [1, 0], np.random.default_rng(seed))[0]
+                            for seed in range(2000)])
+    np.testing.assert_allclose(np.bincount(picks, minlength=4) / 2000, np.array([0.9, 0.8, 0.7, 0.6]) / 3.0,
+                               atol=0.03)  # drawn with probability proportional to the predicted class's
+    with pytest.raises(ValueError, match="per_class has 1 counts for 2 classes"):
+        ipet_lib.pseudo_labels(distribution, [3], np.random.default_rng(0))
 
 
 def test_a_lora_pattern_model_with_the_auxiliary_lm_loss_keeps_only_its_small_leaves():
@@ -123,8 +152,8 @@ def test_a_lora_pattern_model_with_the_auxiliary_lm_loss_keeps_only_its_small_le
         assert any(np.abs(v).max() > 0 for k, v in model.params.items() if k.endswith("lora_b"))
     full = setup.full_params(models[0].params)
     np.testing.assert_array_equal(full["token_embedder"]["embedding"], s.base_params["token_embedder"]["embedding"])
-    probabilities = pet_lib.pattern_distributions(setup, PROBLEM, models, d.unlabelled)
-    np.testing.assert_allclose(probabilities.sum(axis=2), 1.0, rtol=1e-9)
+    scores = pet_lib.pattern_scores(setup, PROBLEM, models, d.unlabelled)
+    assert scores.shape == (2, len(d.unlabelled), 2) and np.all(np.isfinite(scores)) and np.all(scores < 0)
 
 
 def test_bad_pet_input_is_one_user_error():

@@ -1,38 +1,47 @@
 """iPET (Schick & Schütze 2021, sec. 3.3): generations of pattern models, each retrained from the base on its
 labelled data plus unlabelled examples pseudo-labelled by the ensemble of the other patterns' models of the
-previous generation, the pseudo-labelled set growing by a scale factor per generation; the last generation is
-ensembled and distilled as in PET (`tasks.prompting.pet`).
+previous generation, the whole training set growing by a scale factor d per generation (d**g times the labelled
+set in generation g, with its class ratio); the last generation is ensembled and distilled as in PET
+(`tasks.prompting.pet`). With one model per pattern, every other pattern's model labels (PET's code samples a
+fraction, 0.25 by default, of the previous generation's models, which hold several repetitions per pattern).
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tasks.prompting.pet import (check_data, ensemble_and_distill, pattern_distributions, pattern_setup,
-                                 pattern_weights, soft_labels, train_pattern_models)
+from tasks.prompting.pet import (check_data, ensemble_and_distill, pattern_scores, pattern_setup, pattern_weights,
+                                 soft_labels, train_pattern_models)
 from tasks.prompting.problem import FewShotData, MethodResult, Problem, Setting
 from text2text import peft as peft_lib
 from text2text.errors import UserError
 
 
-def pseudo_labels(distribution: np.ndarray, per_class: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(rows int [m], hard labels int [m]) of a class-balanced pseudo-labelled set from an ensemble's class
-    distribution [n, C]: for each class its `per_class` most confident examples by the probability of that class,
-    taken in turns (class 0, 1, ..., 0, 1, ...) so no example is used twice; per_class is capped at n // C, so
-    m = C x min(per_class, n // C)."""
+def pseudo_labels(distribution: np.ndarray, per_class: Sequence[int],
+                  rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """(rows int [m], hard labels int [m]) of iPET's pseudo-labelled set (sec. 3.3, as PET's code draws it) from an
+    ensemble's class distribution [n, C]: every example is labelled with its most likely class, and class c gets
+    per_class[c] rows drawn without replacement from the examples labelled c, each with probability proportional
+    to its probability of c. Where fewer examples are labelled c than per_class[c], they are repeated until there
+    are enough (each copy is drawn at most once); a class no example is labelled with gets none, so
+    m <= sum(per_class). ValueError for per_class of another length than C."""
     n, num_classes = distribution.shape
-    per_class = min(per_class, n // num_classes)
-    orders = [iter(np.argsort(-distribution[:, c], kind="stable")) for c in range(num_classes)]
-    used = np.zeros(n, bool)
+    if len(per_class) != num_classes:
+        raise ValueError(f"per_class has {len(per_class)} counts for {num_classes} classes")
+    predicted = np.argmax(distribution, axis=1)
     rows, labels = [], []
-    for _ in range(per_class):
-        for cls in range(num_classes):
-            row = next(r for r in orders[cls] if not used[r])
-            used[row] = True
-            rows.append(row)
-            labels.append(cls)
-    return np.asarray(rows, np.int64), np.asarray(labels, np.int64)
+    for cls, count in enumerate(per_class):
+        candidates = np.flatnonzero(predicted == cls)
+        if count < 1 or not len(candidates):
+            continue
+        pool = np.tile(candidates, -(-count // len(candidates)))
+        weights = distribution[pool, cls]
+        rows.append(pool[rng.choice(len(pool), size=count, replace=False, p=weights / weights.sum())])
+        labels.append(np.full(count, cls))
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(rows).astype(np.int64), np.concatenate(labels).astype(np.int64)
 
 
 def other_weights(weights: np.ndarray, pattern: int) -> np.ndarray:
@@ -52,8 +61,9 @@ def ipet(setting: Setting, problem: Problem, data: FewShotData, seed: int, *, ge
          distill_steps: Optional[int] = None, distill_peft: Optional[peft_lib.PeftConfig] = None) -> MethodResult:
     """iPET: generation 0 is PET's pattern models (see `pet.pet` for alpha, weighting, temperature, peft and the
     distillation options); in generation g = 1..generations pattern i is retrained from the base on data.train
-    plus len(data.train) x scale_factor**g examples of data.unlabelled (capped at the set's size), class-balanced
-    and hard-labelled by the other patterns' generation g-1 ensemble (weights of `weighting`, renormalised). The
+    plus len(data.train) x (scale_factor**g - 1) examples of data.unlabelled drawn by `pseudo_labels` (per class,
+    that class's labelled count x (scale_factor**g - 1)), hard-labelled by the other patterns' generation g-1
+    ensemble (weights of `weighting`, renormalised; its softmax at temperature 1, as PET's code labels). The
     last generation is ensembled and distilled. details["pseudo_labelled_class_counts"][g-1][i] counts pattern
     i's pseudo labels per class. UserError as in PET, and for fewer than 2 patterns, generations < 1 or
     scale_factor < 1."""
@@ -67,13 +77,15 @@ def ipet(setting: Setting, problem: Problem, data: FewShotData, seed: int, *, ge
                                   unlabelled=data.unlabelled)
     zero_shot = [m.zero_shot_accuracy for m in models]
     weights = pattern_weights(models, weighting)
+    labelled = np.bincount(problem.labels(data.train), minlength=len(classes))
     counts: List[List[List[int]]] = []
     for generation in range(1, generations + 1):
-        distributions = pattern_distributions(setup, problem, models, data.unlabelled, temperature)
-        per_class = len(data.train) * scale_factor ** generation // len(classes)
+        scores = pattern_scores(setup, problem, models, data.unlabelled)
+        per_class = [int(count * (scale_factor ** generation - 1)) for count in labelled]
         training_sets, generation_counts = [], []
         for pattern in range(num_patterns):
-            rows, labels = pseudo_labels(soft_labels(distributions, other_weights(weights, pattern)), per_class)
+            rng = np.random.default_rng(np.random.SeedSequence((seed, generation, pattern)))
+            rows, labels = pseudo_labels(soft_labels(scores, other_weights(weights, pattern)), per_class, rng)
             pseudo = [{**data.unlabelled[r], problem.label_key: classes[c]} for r, c in zip(rows, labels)]
             training_sets.append(list(data.train) + pseudo)
             generation_counts.append(np.bincount(labels, minlength=len(classes)).tolist())

@@ -7,8 +7,9 @@ model is trained with L = (1 - alpha) * CE + alpha * LM (sec. 3.1), the auxiliar
 corruption on the unlabelled examples' text. It is full fine-tuning of the base or a `text2text.peft` method; with
 a PEFT method only the method's leaves are kept per pattern, so N patterns are N small trees. The ensemble
 (sec. 3.2) weights each pattern uniformly or by its accuracy on the labelled set before training, averages the
-patterns' temperature-T distributions into soft labels, and a model is distilled on them by minimising the KL to
-them through rank classification under the main pattern. iPET is in `tasks.prompting.ipet`.
+patterns' class scores and takes the temperature-T softmax of that average as soft labels, and a model is distilled
+on them by minimising the KL to them through rank classification under the main pattern. iPET is in
+`tasks.prompting.ipet`.
 """
 from __future__ import annotations
 
@@ -192,16 +193,17 @@ def train_pattern_models(setting: Setting, problem: Problem, setup: PatternSetup
     return models
 
 
-def pattern_distributions(setup: PatternSetup, problem: Problem, models: Sequence[PatternModel],
-                          examples: Sequence[Example], temperature: float = 2.0) -> np.ndarray:
-    """float64 [patterns, n, C]: each pattern model's class distribution (softmax of the class log-likelihoods
-    divided by `temperature`) on `examples` under its own pattern."""
+def pattern_scores(setup: PatternSetup, problem: Problem, models: Sequence[PatternModel],
+                   examples: Sequence[Example]) -> np.ndarray:
+    """float64 [patterns, n, C]: each pattern model's class scores s_p(l|x) on `examples` under its own pattern,
+    the classes' target log-likelihoods (engine.class_log_likelihoods; T5's counterpart of PET's unnormalised
+    verbalizer-token logits)."""
     out = []
     for model in models:
         inputs = [model.template.format_inputs(ex) for ex in examples]
         targets = [model.template.format_targets(words) for _, words in problem.verbalizer.words]
-        out.append(engine.class_probabilities(setup.prompt_model, setup.full_params(model.params), inputs, targets,
-                                              temperature))
+        out.append(engine.class_log_likelihoods(setup.prompt_model, setup.full_params(model.params), inputs,
+                                                targets))
     return np.stack(out)
 
 
@@ -217,10 +219,14 @@ def pattern_weights(models: Sequence[PatternModel], weighting: str = "accuracy")
     return weights / weights.sum()
 
 
-def soft_labels(distributions: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """float64 [n, C]: the weights-averaged pattern distributions ([patterns, n, C], weights [patterns] summing to
-    1), so rows sum to 1."""
-    return np.tensordot(np.asarray(weights, np.float64), distributions, axes=1)
+def soft_labels(scores: np.ndarray, weights: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """float64 [n, C], rows summing to 1: the ensemble's distribution softmax(s / T), s = sum_p w_p s_p the
+    weights-averaged pattern scores ([patterns, n, C], weights [patterns] summing to 1), T = `temperature` (PET
+    sec. 3.2: scores are averaged before the one softmax, as PET's code merges logits; T = 2 for distillation)."""
+    merged = np.tensordot(np.asarray(weights, np.float64), np.asarray(scores, np.float64), axes=1) / temperature
+    merged -= merged.max(axis=1, keepdims=True)
+    probs = np.exp(merged)
+    return probs / probs.sum(axis=1, keepdims=True)
 
 
 def distillation_task(problem: Problem, examples: Sequence[Example], labels: np.ndarray) -> engine.ClassTask:
@@ -245,11 +251,11 @@ def ensemble_and_distill(setting: Setting, problem: Problem, data: FewShotData, 
     """PET's last stage for trained pattern models: soft labels of the unlabelled set, the distilled model, and a
     MethodResult of its test accuracy under the main pattern, with the patterns' and the ensemble's."""
     weights = pattern_weights(models, weighting)
-    labels = soft_labels(pattern_distributions(setup, problem, models, data.unlabelled, temperature), weights)
+    labels = soft_labels(pattern_scores(setup, problem, models, data.unlabelled), weights, temperature)
     final_setup = pattern_setup(setting, distill_peft, seed)
     result = distill(final_setup, setting, problem, data.unlabelled, labels, distill_steps or setting.steps, seed)
     test_labels = problem.labels(data.test)
-    test_ensemble = soft_labels(pattern_distributions(setup, problem, models, data.test, temperature), weights)
+    test_ensemble = soft_labels(pattern_scores(setup, problem, models, data.test), weights)
     pattern_accuracy = [evaluate(setup.prompt_model, setup.full_params(m.params), problem, data.test, m.template)
                         for m in models]
     info: Dict[str, Any] = details(
@@ -279,5 +285,5 @@ def pet(setting: Setting, problem: Problem, data: FewShotData, seed: int, *, alp
 
 
 __all__ = ["PatternModel", "PatternSetup", "check_data", "corrupt_spans", "distill", "distillation_task",
-           "ensemble_and_distill", "noise_spans", "pattern_distributions", "pattern_setup", "pattern_weights", "pet",
+           "ensemble_and_distill", "noise_spans", "pattern_scores", "pattern_setup", "pattern_weights", "pet",
            "sentinel_ids", "soft_labels", "span_corruption_batches", "train_pattern_models"]
