@@ -1,4 +1,6 @@
 """The few-shot engine: rank-classification class scores, the KL training loss, compiled-program reuse."""
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -61,6 +63,35 @@ def test_bad_training_input_is_one_user_error():
         engine.class_log_likelihoods(pm, engine.init_params(pm), ["a"], ["", "x"])
 
 
+def test_a_batch_size_below_one_is_one_user_error():
+    with pytest.raises(UserError, match=r"few-shot training: .*batch_size=0 \(>= 1\)"):
+        engine.train(prompt_model(), {}, toy_task(), steps=1, batch_size=0)
+
+
+@pytest.mark.parametrize("inputs,message", [
+    ("{} It was <extra_id_0>.", "has a positional field {}"),
+    ("{0} It was <extra_id_0>.", "has a positional field {0}"),
+    ("{text} It was { <extra_id_0>.", "is not a valid format string"),
+    ("{text!z} It was <extra_id_0>.", "field {text!z} has an unknown conversion"),
+])
+def test_a_malformed_template_is_one_user_error_naming_it(inputs, message):
+    template = Template(inputs)
+    with pytest.raises(UserError, match=f"^template {re.escape(repr(inputs))}.*{re.escape(message)}"):
+        template.check()
+    with pytest.raises(UserError, match=f"^template {re.escape(repr(inputs))}"):
+        template.format_inputs({"text": "the food was good"})
+
+
+def test_targets_with_a_field_other_than_label_are_one_user_error_naming_the_template():
+    template = Template("{text} It was <extra_id_0>.", "<extra_id_0> {label} {0} <extra_id_1>")
+    with pytest.raises(UserError, match=r"targets '<extra_id_0> \{label\} \{0\} <extra_id_1>' has a positional"):
+        template.check()
+    with pytest.raises(UserError, match=r"^template '\{text\} It was <extra_id_0>\.': targets"):
+        template.format_targets("great")
+    with pytest.raises(UserError, match=r"uses field \{kind\}; only \{label\} is filled there"):
+        Template("{text} It was <extra_id_0>.", "<extra_id_0> {label} {kind} <extra_id_1>").check()
+
+
 def test_cloze_and_instruction_patterns_fill_demonstrations_and_check_their_slots():
     example = {"text": "the food was good"}
     assert TEMPLATE.is_cloze and TEMPLATE.filled(example, "great") == "the food was good It was great."
@@ -71,3 +102,19 @@ def test_cloze_and_instruction_patterns_fill_demonstrations_and_check_their_slot
         Template("{text} It was good.").filled(example, "great")
     with pytest.raises(UserError, match="targets 'answer' have no {label}"):
         Template("{text}", targets="answer").check()
+
+
+def test_a_cut_that_would_drop_the_cloze_mask_or_merge_class_targets_is_one_user_error():
+    pm = prompt_model()
+    long_text = " ".join(["the food was good"] * 12)
+    tokens = pm.tokens([f"Sentiment: <extra_id_0>. {long_text}"], 24, "input")  # the cut keeps the mask
+    assert tokens.shape == (1, 24) and tokens[0, -1] == 1
+    with pytest.raises(UserError, match=r"input of \d+ tokens does not fit a row of 24 .* its mask <extra_id_0>"):
+        pm.tokens([TEMPLATE.format_inputs({"text": long_text})], 24, "input")
+    long_target = "<extra_id_0> very very very very great"
+    with pytest.raises(UserError, match=f"class target '{long_target}' is 6 tokens; the targets length 6 holds 5"):
+        pm.class_target_tokens(["<extra_id_0> great", long_target])
+    with pytest.raises(UserError, match="class targets 'great' and ' great' tokenize alike"):
+        pm.class_target_tokens(["great", " great"])
+    np.testing.assert_array_equal(pm.class_target_tokens(toy_task().class_targets),
+                                  pm.tokens(toy_task().class_targets, 6, "class target"))

@@ -1,5 +1,7 @@
 """The few-shot harness: per-seed K-per-class sampling, every method on the same samples, mean ± std, the JSON
 and table of the `fewshot` run mode, and its one-line errors."""
+import dataclasses
+import functools
 import json
 
 import pytest
@@ -8,7 +10,7 @@ import tasks.demo as demo_tasks
 from launch_helpers import run_main
 from prompting_fixtures import toy_examples
 from tasks.prompting import Template, Verbalizer, fewshot
-from tasks.prompting.problem import Problem
+from tasks.prompting.problem import Problem, Setting
 from tasks.prompting.problems import get_problem, register_problem
 from text2text.errors import UserError
 
@@ -33,6 +35,54 @@ def test_samples_k_per_class_disjoint_and_seeded(toy_problem):
     assert again == data and other.train != data.train
     with pytest.raises(UserError, match="K=11 .* class 'positive'; the pool has 20"):
         fewshot.sample_few_shot(entry.problem, entry.pool, entry.test, k=11, seed=13)
+
+
+def test_counts_below_their_minimum_are_one_user_error(toy_problem):
+    entry = toy_problem
+    with pytest.raises(UserError, match=r"num_test \(NUM_TEST\) must be >= 1 or None \(all\), got 0"):
+        fewshot.sample_few_shot(entry.problem, entry.pool, entry.test, k=2, seed=13, num_test=0)
+    with pytest.raises(UserError, match=r"num_unlabelled \(NUM_UNLABELLED\) must be >= 0, got -1"):
+        fewshot.sample_few_shot(entry.problem, entry.pool, entry.test, k=2, seed=13, num_unlabelled=-1)
+
+
+def test_methods_seeds_and_options_are_checked_against_the_methods_signatures():
+    check = fewshot.check_methods
+    with pytest.raises(UserError, match=r"METHODS \(methods\) is empty"):
+        check([], [13])
+    with pytest.raises(UserError, match=r"SEEDS \(seeds\) is empty"):
+        check(["zero_shot"], [])
+    with pytest.raises(UserError, match=r"METHOD_OPTIONS\['pet'\]: method pet has no option 'weighing' \(did you mean "
+                                        r"'weighting'\?\); it takes alpha, weighting, temperature, peft,"):
+        check(["zero_shot"], [13], {"pet": {"weighing": "uniform"}})  # checked even when pet does not run
+    with pytest.raises(UserError, match=r"method zero_shot has no option 'steps'; it takes none"):
+        check(["zero_shot"], [13], {"zero_shot": {"steps": 3}})
+    with pytest.raises(UserError, match=r"method lora has no option 'method'"):  # fixed by the registry's partial
+        check(["lora"], [13], {"lora": {"method": "bitfit"}})
+    with pytest.raises(UserError, match=r"method prompt_finetune_demos has no option 'demonstrations'"):
+        check(["prompt_finetune_demos"], [13], {"prompt_finetune_demos": {"demonstrations": False}})
+    with pytest.raises(UserError, match=r"METHOD_OPTIONS\['pet'\] must map option names to values, got 0.5"):
+        check(["pet"], [13], {"pet": 0.5})
+    with pytest.raises(UserError, match=r"METHOD_OPTIONS\['spot'\] must set library"):
+        check(["spot"], [13])
+    functions = check(["zero_shot", "prompt_finetune_demos"], [13],
+                      {"prompt_finetune_demos": {"average": "probability"}, "spot": {"library": "lib"}})
+    assert list(functions) == ["zero_shot", "prompt_finetune_demos"]
+
+
+def test_run_methods_checks_everything_before_the_first_method_runs(toy_problem):
+    def no_progress(line):
+        raise AssertionError(f"a method ran: {line}")
+
+    setting = Setting(None, None, steps=1, batch_size=2)
+    run = functools.partial(fewshot.run_methods, progress=no_progress)
+    with pytest.raises(UserError, match=r"BATCH_SIZE \(batch_size=0\) must be >= 1"):
+        run(dataclasses.replace(setting, batch_size=0), "toy_reviews", ["zero_shot"], k=2, seeds=[13])
+    with pytest.raises(UserError, match=r"SEEDS \(seeds\) is empty"):
+        run(setting, "toy_reviews", ["zero_shot"], k=2, seeds=[])
+    with pytest.raises(UserError, match=r"num_test \(NUM_TEST\) must be >= 1"):
+        run(setting, "toy_reviews", ["zero_shot"], k=2, seeds=[13], num_test=0)
+    with pytest.raises(UserError, match=r"method pet has no option 'weighing'"):
+        run(setting, "toy_reviews", ["zero_shot", "pet"], k=2, seeds=[13], method_options={"pet": {"weighing": "x"}})
 
 
 def test_summary_is_mean_and_sample_std():
@@ -71,6 +121,12 @@ def test_fewshot_mode_prints_progress_and_table_and_writes_json(toy_problem, tmp
     (["--gin.PROBLEM='toy_review'"], "no few-shot problem 'toy_review'; did you mean toy_reviews"),
     (["--gin.METHODS=['pet']", "--gin.NUM_UNLABELLED=0"], "PET on 'toy_reviews': the unlabelled set is empty"),
     (["--gin.METHOD_OPTIONS={'ipett': {'generations': 1}}"], "unknown few-shot method 'ipett'; did you mean ipet"),
+    (["--gin.METHODS=['zero_shot', 'pet']", "--gin.METHOD_OPTIONS={'pet': {'weighing': 'uniform'}}"],
+     "METHOD_OPTIONS['pet']: method pet has no option 'weighing' (did you mean 'weighting'?); it takes alpha, "),
+    (["--gin.SEEDS=[]"], "SEEDS (seeds) is empty"),
+    (["--gin.METHODS=[]"], "METHODS (methods) is empty"),
+    (["--gin.BATCH_SIZE=0"], "BATCH_SIZE (batch_size=0) must be >= 1"),
+    (["--gin.NUM_TEST=0"], "num_test (NUM_TEST) must be >= 1 or None (all), got 0"),
 ])
 def test_bad_input_is_one_error_line_and_nothing_written(toy_problem, tmp_path, capsys, flags, message):
     out = tmp_path / "fewshot.json"

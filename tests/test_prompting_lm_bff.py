@@ -186,3 +186,35 @@ def test_bad_input_is_one_user_error_naming_the_template_class_or_k():
         demos.check_demonstration_counts(np.array([0, 0, 0, 1, 1]), VERBALIZER.classes, 2, exclude_self=True)
     with pytest.raises(UserError, match="class 'negative' has no training examples"):
         label_search.rank_label_words(np.zeros((2, 5)), np.array([0, 0]), VERBALIZER.classes, {3: "x"}, 1)
+
+
+def test_bad_method_options_are_one_user_error_before_anything_runs(monkeypatch):
+    def nothing_runs(*args, **kwargs):
+        raise AssertionError("a search or a training run started before the options were checked")
+
+    monkeypatch.setattr(lm_bff, "_finetune_and_test", nothing_runs)
+    monkeypatch.setattr(template_search, "search_templates", nothing_runs)
+    monkeypatch.setattr(label_search, "search_label_words", nothing_runs)
+    rows = toy_examples()
+    problem = Problem("toy", (TEMPLATE,), VERBALIZER, ("text",))
+    data = FewShotData(tuple(rows[:8]), tuple(rows[8:12]), (), tuple(rows[12:]))
+    setting = Setting(prompt_model(), None)
+    for method in (lm_bff.prompt_finetune, lm_bff.auto_template, lm_bff.auto_label):
+        with pytest.raises(UserError, match=r"demonstrations: average='mean'; expected one of \('log_likelihood'"):
+            method(setting, problem, data, 0, average="mean")
+        with pytest.raises(UserError, match="num_demo_sets=0 and train_demo_sets=8 must be >= 1"):
+            method(setting, problem, data, 0, num_demo_sets=0)
+    with pytest.raises(UserError, match="num_demo_sets=16 and train_demo_sets=0 must be >= 1"):
+        lm_bff.prompt_finetune(setting, problem, data, 0, train_demo_sets=0)
+    for options in ({"beam_width": 0}, {"num_templates": 0}):
+        with pytest.raises(UserError, match="template search: beam_width=.* and num_templates=.* must be >= 1"):
+            lm_bff.auto_template(setting, problem, data, 0, **options)
+
+
+def test_a_template_search_that_generates_nothing_is_one_user_error(monkeypatch):
+    monkeypatch.setattr(template_search, "generate_templates", lambda *args, **kwargs: [])
+    pm, rows = prompt_model(), toy_examples(4)
+    with pytest.raises(UserError, match="template search generated no template"):
+        template_search.search_templates(pm, None, rows, labels_of(rows), VERBALIZER, ("text",))
+    with pytest.raises(UserError, match="beam_width=0 and num_templates=5 must be >= 1"):
+        template_search.search_templates(pm, None, rows, labels_of(rows), VERBALIZER, ("text",), beam_width=0)

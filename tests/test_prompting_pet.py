@@ -174,3 +174,15 @@ def test_bad_pet_input_is_one_user_error():
     with pytest.raises(UserError, match="linear-probe pattern model has no LM loss"):
         pet_lib.train_pattern_models(setting(), PROBLEM, setup, [d.train] * 2, seed=0, alpha=0.5,
                                      unlabelled=d.unlabelled)
+
+
+def test_an_unknown_weighting_is_one_user_error_before_any_pattern_model_trains(monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a pattern model was set up before the weighting was checked")
+
+    for module in (pet_lib, ipet_lib):
+        monkeypatch.setattr(module, "pattern_setup", no_training)
+    with pytest.raises(UserError, match="PET weighting 'best'; expected one of accuracy, uniform"):
+        pet_lib.pet(Setting(None, None), PROBLEM, data(), seed=0, weighting="best")
+    with pytest.raises(UserError, match="PET weighting 'best'; expected one of accuracy, uniform"):
+        ipet_lib.ipet(Setting(None, None), PROBLEM, data(), seed=0, weighting="best")

@@ -1,4 +1,6 @@
 """SPoT prompt transfer: task-embedding ranking, the library's save/load, the target's initialisation, bad input."""
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -111,6 +113,23 @@ def test_bad_input_is_one_user_error_naming_the_source(setting, library):
         spot.SourceTask("gen", toy_examples(2), template=Template("{text}", "{label}"), target_key="answer")
     with pytest.raises(UserError, match="no index.json"):
         PromptLibrary.load("/nonexistent/spot")
+
+
+@pytest.mark.parametrize("index,message", [
+    ('{"format": "text2text-spot-library", ', "is not a valid SPoT prompt library index: invalid JSON"),
+    ('["text2text-spot-library"]', r"is not a SPoT prompt library index \(format='list'\)"),
+    ('{"format": "text2text-spot-library", "sources": []}', "index has no key 'recipe'"),
+    ('{"format": "text2text-spot-library", "recipe": {}, "sources": [{"name": "a", "file": "a.safetensors"}]}',
+     "index has no key 'embedding'"),
+    ('{"format": "text2text-spot-library", "recipe": {"step": 3}, "sources": []}',
+     "malformed SPoT prompt library index .*unexpected keyword argument 'step'"),
+    ('{"format": "text2text-spot-library", "recipe": {}, "sources": [{"name": "a", "file": "a.safetensors", '
+     '"embedding": ["x"], "steps": 1}]}', "malformed SPoT prompt library index"),
+])
+def test_a_corrupt_library_index_is_one_user_error_naming_the_file(tmp_path, index, message):
+    (tmp_path / "index.json").write_text(index)
+    with pytest.raises(UserError, match=f"^{re.escape(str(tmp_path / 'index.json'))}.*{message}"):
+        PromptLibrary.load(str(tmp_path))
 
 
 def test_demo_sources_are_the_training_families():

@@ -9,13 +9,14 @@ target text (EncoderDecoderModel.score_batch) and predicts the class with the hi
 divided by its number of target tokens); as seqio tasks, each input becomes one example per class carrying
 `idx` (the input's position in the split, so ids are unique across hosts: an input's candidates are sharded
 together), `label` and `is_correct`. Demonstrations follow LM-BFF: k training examples per class, formatted by
-the template with their label words filled in, are prepended to the input (seeded per example).
+the template with their label words filled in, follow the query's prompt (seeded per example).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import random
+import string
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -50,25 +51,58 @@ class Template:
         return SENTINEL in self.targets
 
     def check(self) -> "Template":
-        """self; UserError naming the template when targets lack "{label}" or a cloze pattern's inputs lack the
-        sentinel."""
+        """self; UserError naming the template when inputs or targets are not format strings of named fields
+        (a lone "{" or "}", a positional "{}" or "{0}", a conversion other than !r, !s, !a), targets use a field
+        other than "{label}" or lack it, or a cloze pattern's inputs lack the sentinel."""
+        self._check_fields("inputs", self.inputs)
+        self._check_fields("targets", self.targets, ("label",))
         if "{label}" not in self.targets:
             raise UserError(f"template {self.inputs!r}: targets {self.targets!r} have no {{label}}")
         if self.is_cloze and SENTINEL not in self.inputs:
             raise UserError(f"template {self.inputs!r} has no {SENTINEL}, which its targets {self.targets!r} fill")
         return self
 
+    def _check_fields(self, part: str, text: str, allowed: Optional[Tuple[str, ...]] = None) -> None:
+        where = f"template {self.inputs!r}" + ("" if part == "inputs" else f": targets {text!r}")
+        try:
+            fields = [(name, conversion) for _, name, _, conversion in string.Formatter().parse(text)
+                      if name is not None]
+        except ValueError as e:
+            raise UserError(f"{where} is not a valid format string ({e}; write a literal brace as {{{{ or }}}})") \
+                from e
+        for name, conversion in fields:
+            root = name.split(".")[0].split("[")[0]
+            if not root or root.isdigit():
+                raise UserError(f"{where} has a positional field {{{name}}}; fields are named, e.g. "
+                                f"{{{allowed[0] if allowed else 'text'}}}")
+            if conversion not in (None, "r", "s", "a"):
+                raise UserError(f"{where}: field {{{name}!{conversion}}} has an unknown conversion (!r, !s or !a)")
+            if allowed is not None and root not in allowed:
+                raise UserError(f"{where} uses field {{{name}}}; only {', '.join(f'{{{a}}}' for a in allowed)} is "
+                                f"filled there")
+
     def format_inputs(self, example: Example) -> str:
-        """The prompt text for `example` (a missing field raises UserError naming it)."""
+        """The prompt text for `example`: UserError naming the template for a field the example lacks or an
+        inputs text that cannot format it (see `check`)."""
         try:
             return self.inputs.format_map(example)
         except KeyError as e:
             raise UserError(f"template {self.inputs!r} uses field {e.args[0]!r}; the example has {sorted(example)}") \
                 from e
+        except (IndexError, ValueError, AttributeError, TypeError) as e:
+            self._check_fields("inputs", self.inputs)
+            raise UserError(f"template {self.inputs!r} cannot format an example with fields {sorted(example)}: "
+                            f"{e}") from e
 
     def format_targets(self, label_words: str) -> str:
-        """The target text for a class's label words."""
-        return self.targets.format(label=label_words)
+        """The target text for a class's label words; UserError naming the template when the targets are not a
+        format string whose only field is {label} (see `check`)."""
+        try:
+            return self.targets.format(label=label_words)
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+            self._check_fields("targets", self.targets, ("label",))
+            raise UserError(f"template {self.inputs!r}: targets {self.targets!r} cannot format label words "
+                            f"{label_words!r}: {e}") from e
 
     def filled(self, example: Example, label_words: str) -> str:
         """The prompt answered with the label words (a demonstration): a cloze pattern's sentinel replaced by
@@ -141,14 +175,16 @@ def sample_demonstrations(train_examples: Sequence[Example], template: Template,
 def add_demonstrations(examples: Sequence[Example], train_examples: Sequence[Example], template: Template,
                        verbalizer: Verbalizer, k: int = 1, seed: int = 0, label_key: str = "label",
                        separator: str = " ") -> Tuple[List[Dict[str, Any]], Template]:
-    """(examples with a 'demonstrations' field, the template with "{demonstrations} " in front); example i draws
-    its demonstrations with random.Random(f"{seed}/{i}"), so the result does not depend on batching or hosts."""
+    """(examples with a 'demonstrations' field, the template with " {demonstrations}" after its inputs: the
+    query's prompt first, then the demonstrations, as LM-BFF concatenates them (sec. 6), so a row that is too long
+    loses demonstrations before the query's mask); example i draws its demonstrations with
+    random.Random(f"{seed}/{i}"), so the result does not depend on batching or hosts."""
     out = []
     for i, ex in enumerate(examples):
         rng = random.Random(f"{seed}/{i}")
         demos = sample_demonstrations(train_examples, template, verbalizer, k, rng, label_key, ex, separator)
         out.append({**ex, "demonstrations": demos})
-    return out, dataclasses.replace(template, inputs="{demonstrations}" + separator + template.inputs)
+    return out, dataclasses.replace(template, inputs=template.inputs + separator + "{demonstrations}")
 
 
 def rank_predictions(idx: Sequence[int], label: Sequence[int], scores: Sequence[float],
@@ -308,10 +344,28 @@ def text_token_ids(text: str, vocabulary: Optional[seqio.Vocabulary] = None) -> 
     return _encode(vocabulary, text)
 
 
-def _pad(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
+def truncate(ids: Sequence[int], length: int, vocabulary: Optional[seqio.Vocabulary], what: str = "text") -> List[int]:
+    """`ids` (a text's token ids without EOS) cut to length - 1, then EOS: T5's truncation of a row of `length`.
+
+    UserError naming `what` when the cut would drop a sentinel <extra_id_N> (ids at or above vocab_size -
+    extra_ids): a cloze pattern's mask, without which the pattern's class scores mean nothing (PET and LM-BFF
+    shorten the text instead; here the row must be made to fit: a longer length or a shorter text)."""
+    ids = list(ids)
+    if len(ids) > length - 1:
+        vocabulary = vocabulary or vocab_lib.get_default_vocabulary()
+        first_sentinel = vocabulary.vocab_size - vocabulary.extra_ids
+        dropped = [i for i in ids[length - 1:] if i >= first_sentinel]
+        if vocabulary.extra_ids and dropped:
+            raise UserError(f"{what} of {len(ids)} tokens does not fit a row of {length} (EOS included) without "
+                            f"losing its mask {vocabulary.decode([dropped[0]])}: raise the inputs length or shorten "
+                            f"the text (it starts {vocabulary.decode(ids[:12])!r})")
+    return ids[:length - 1] + [vocab_lib.EOS_ID]
+
+
+def _pad(rows: Sequence[Sequence[int]], length: int, vocabulary: Optional[seqio.Vocabulary], what: str) -> np.ndarray:
     out = np.zeros((len(rows), length), np.int32)
     for i, row in enumerate(rows):
-        row = list(row)[:length - 1] + [vocab_lib.EOS_ID]
+        row = truncate(row, length, vocabulary, what)
         out[i, :len(row)] = row
     return out
 
@@ -330,8 +384,8 @@ def rank_classify(model: Any, params: Any, inputs: Sequence[str], label_texts: S
         chunk = list(pairs[start:start + batch_size])
         real = len(chunk)
         chunk += [chunk[0]] * (batch_size - real)
-        targets = _pad([t for _, t in chunk], feature_lengths["targets"])
-        batch = {"encoder_input_tokens": _pad([x for x, _ in chunk], feature_lengths["inputs"]),
+        targets = _pad([t for _, t in chunk], feature_lengths["targets"], vocabulary, "label text")
+        batch = {"encoder_input_tokens": _pad([x for x, _ in chunk], feature_lengths["inputs"], vocabulary, "input"),
                  "decoder_target_tokens": targets,
                  "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
                  "decoder_loss_weights": (targets > 0).astype(np.float32)}

@@ -130,12 +130,18 @@ def demonstration_inputs(queries: Sequence[Example], train: Sequence[Example], p
     return out
 
 
+def check_average(average: str) -> None:
+    """UserError unless `average` (how class scores are averaged over demonstration sets) is one of AVERAGES."""
+    if average not in AVERAGES:
+        raise UserError(f"demonstrations: average={average!r}; expected one of {AVERAGES}")
+
+
 def averaged_class_scores(prompt_model: engine.PromptModel, params: Any, inputs: Sequence[Sequence[str]],
                           class_targets: Sequence[str], average: str = "log_likelihood") -> np.ndarray:
     """float64 [queries, C]: each query's class log-likelihoods (average="log_likelihood") or class
-    probabilities ("probability") averaged over its demonstration sets inputs[i] (all queries the same count)."""
-    if average not in AVERAGES:
-        raise UserError(f"demonstrations: average={average!r}; expected one of {AVERAGES}")
+    probabilities ("probability") averaged over its demonstration sets inputs[i] (all queries the same count).
+    UserError as `check_average`."""
+    check_average(average)
     sets = len(inputs[0])
     flat = [text for row in inputs for text in row]
     scores = engine.class_log_likelihoods(prompt_model, params, flat, class_targets)
@@ -145,4 +151,4 @@ def averaged_class_scores(prompt_model: engine.PromptModel, params: Any, inputs:
 
 
 __all__ = ["Embedder", "AVERAGES", "encoder_embedder", "example_text", "check_demonstration_counts",
-           "similar_pools", "demonstration_pools", "demonstration_inputs", "averaged_class_scores"]
+           "similar_pools", "demonstration_pools", "demonstration_inputs", "check_average", "averaged_class_scores"]

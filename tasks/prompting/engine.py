@@ -29,7 +29,7 @@ import numpy as np
 import optax
 import seqio
 
-from tasks import vocab as vocab_lib
+from tasks.prompting.core import truncate
 from text2text import optim, peft, pretrained
 from text2text.errors import UserError
 from text2text.models import EncoderDecoderModel
@@ -63,12 +63,32 @@ class PromptModel:
         return ids
 
     def tokens(self, texts: Sequence[str], length: int, what: str = "text") -> np.ndarray:
-        """int32 [len(texts), length]: each text's ids cut to length - 1, then EOS, then 0 padding."""
+        """int32 [len(texts), length]: each text's ids cut to length - 1, then EOS, then 0 padding
+        (`core.truncate`: UserError naming `what` if the cut would drop a cloze mask <extra_id_N>)."""
         out = np.zeros((len(texts), length), np.int32)
         for i, text in enumerate(texts):
-            ids = list(self.encode(text, what))[:length - 1] + [vocab_lib.EOS_ID]
+            ids = truncate(self.encode(text, what), length, self.vocabulary, what)
             out[i, :len(ids)] = ids
         return out
+
+    def class_target_tokens(self, class_targets: Sequence[str]) -> np.ndarray:
+        """int32 [C, targets length]: `tokens` of the classes' target texts, which must fit uncut and differ.
+
+        UserError naming the class target that is longer than the targets length - 1 (a cut target could equal
+        another class's: PET and LM-BFF score whole label words), or two classes whose targets tokenize alike."""
+        length = self.feature_lengths["targets"]
+        for text in class_targets:
+            count = len(self.encode(text, "class target"))
+            if count > length - 1:
+                raise UserError(f"class target {text!r} is {count} tokens; the targets length {length} holds "
+                                f"{length - 1} and EOS: raise it or use shorter label words")
+        rows = self.tokens(class_targets, length, "class target")
+        for c in range(len(rows)):
+            for other in range(c):
+                if np.array_equal(rows[c], rows[other]):
+                    raise UserError(f"class targets {class_targets[other]!r} and {class_targets[c]!r} tokenize "
+                                    "alike, so rank classification cannot tell their classes apart")
+        return rows
 
     def pair_batch(self, inputs: np.ndarray, targets: np.ndarray) -> Batch:
         """A teacher-forced batch from encoder tokens [b, Li] and target tokens [b, Lt]."""
@@ -158,7 +178,7 @@ def class_log_likelihoods(prompt_model: PromptModel, params: Params, inputs: Seq
             padded = np.pad(chunk, ((0, size - len(chunk)), (0, 0)))
             out.append(np.asarray(prompt_model.head_fn(params, {"encoder_input_tokens": padded}))[:len(chunk)])
         return np.concatenate(out).astype(np.float64)
-    dec = prompt_model.tokens(class_targets, lengths["targets"], "class target")
+    dec = prompt_model.class_target_tokens(class_targets)
     num_classes = len(class_targets)
     rows_enc = np.repeat(enc, num_classes, axis=0)
     rows_dec = np.tile(dec, (len(enc), 1))
@@ -233,7 +253,7 @@ def training_batch(prompt_model: PromptModel, task: ClassTask, rows: np.ndarray)
     labels = task.labels[rows]
     if prompt_model.has_class_head:
         return {"encoder_input_tokens": enc, "class_targets": labels}
-    dec = prompt_model.tokens(task.class_targets, lengths["targets"], "class target")
+    dec = prompt_model.class_target_tokens(task.class_targets)
     batch = prompt_model.pair_batch(np.repeat(enc, task.num_classes, axis=0), np.tile(dec, (len(rows), 1)))
     return {**batch, "class_targets": labels}
 
@@ -259,13 +279,14 @@ def train(prompt_model: PromptModel, params: Params, task: ClassTask, steps: int
     KL(labels || model's class distribution), plus `alpha` x the LM loss of `lm_batches(step)` when given.
 
     tx: the optimizer (default `default_optimizer()`; a masked one trains only PEFT parameters). Reuse the same
-    tx object across calls to reuse the compiled step. Raises UserError for no examples, steps < 1 or alpha
-    outside [0, 1].
+    tx object across calls to reuse the compiled step. Raises UserError for no examples, steps < 1,
+    batch_size < 1 or alpha outside [0, 1].
     """
     if not task.inputs:
         raise UserError("few-shot training: no training examples")
-    if steps < 1 or not 0.0 <= alpha <= 1.0 or (alpha > 0.0 and lm_batches is None):
-        raise UserError(f"few-shot training: steps={steps} (>= 1), alpha={alpha} (in [0, 1], > 0 needs lm_batches)")
+    if steps < 1 or batch_size < 1 or not 0.0 <= alpha <= 1.0 or (alpha > 0.0 and lm_batches is None):
+        raise UserError(f"few-shot training: steps={steps} (>= 1), batch_size={batch_size} (>= 1), alpha={alpha} "
+                        f"(in [0, 1], > 0 needs lm_batches)")
     tx = tx or _default_tx()
     step_fn = _train_step(prompt_model, tx, task.num_classes, float(alpha))
     opt_state = tx.init(params)

@@ -4,7 +4,7 @@ report the test accuracy's mean and standard deviation over the seeds (5 seeds: 
 
 `run_fewshot` is the `fewshot` run mode (gin_configs/prompting/*.gin):
 
-    .venv/bin/python run.py --gin_file=prompting/demo_fewshot.gin
+    .venv/bin/python run.py --gin_file=prompting/demo.gin
 
 It prints a progress line per (method, seed), then a table of mean ± std, and writes every result (per seed,
 with each method's details) as JSON to `output_path` after each method ("complete": true once all ran; each
@@ -12,13 +12,15 @@ write goes to a temporary file, then a rename).
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import os
 import random
 import statistics
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tasks import vocab as vocab_lib
 from tasks.prompting import engine
@@ -35,10 +37,17 @@ def sample_few_shot(problem: Problem, pool: Sequence[Mapping[str, Any]], test: S
     """K examples per class for train and K more per class for dev (disjoint, random.Random(seed)), up to
     `num_unlabelled` of the pool's other examples as unlabelled data, and the first `num_test` test examples.
 
-    Raises UserError naming the class when a class has fewer than 2K examples in the pool.
+    Raises UserError for k < 1, num_unlabelled < 0 or num_test < 1, and naming the class when a class has fewer
+    than 2K examples in the pool.
     """
     if k < 1:
         raise UserError(f"few-shot problem {problem.name!r}: K must be >= 1, got {k}")
+    if num_unlabelled < 0:
+        raise UserError(f"few-shot problem {problem.name!r}: num_unlabelled (NUM_UNLABELLED) must be >= 0, got "
+                        f"{num_unlabelled}")
+    if num_test is not None and num_test < 1:
+        raise UserError(f"few-shot problem {problem.name!r}: num_test (NUM_TEST) must be >= 1 or None (all), got "
+                        f"{num_test}")
     rng = random.Random(seed)
     train: List[Mapping[str, Any]] = []
     dev: List[Mapping[str, Any]] = []
@@ -65,6 +74,55 @@ def summarize(accuracies: Sequence[float]) -> Dict[str, float]:
     return {"mean": statistics.fmean(accuracies), "std": std}
 
 
+def method_options_of(function: Callable[..., Any]) -> Tuple[Optional[Tuple[str, ...]], Tuple[str, ...]]:
+    """(the keyword options a method takes: its parameters after `seed`, less those a functools.partial fixes;
+    None when it takes any, **kwargs), the options it requires (no default))."""
+    fixed = getattr(function, "keywords", None) or {}
+    parameters = list(inspect.signature(function).parameters.values())
+    names = [p.name for p in parameters]
+    after = parameters[names.index("seed") + 1:] if "seed" in names else parameters
+    if any(p.kind is p.VAR_KEYWORD for p in after):
+        return None, ()
+    options = [p for p in after if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in fixed]
+    return tuple(p.name for p in options), tuple(p.name for p in options if p.default is p.empty)
+
+
+def check_methods(methods: Sequence[str], seeds: Sequence[int],
+                  method_options: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, Callable[..., Any]]:
+    """{name: method function} of `methods` after checking a run's arguments. Raises UserError for an empty
+    `methods` (METHODS) or `seeds` (SEEDS), an unknown method name in either `methods` or `method_options`
+    (METHOD_OPTIONS), options that are not a mapping, an option a method does not take, or a required option
+    missing for a method that runs."""
+    if not methods:
+        raise UserError("few-shot harness: METHODS (methods) is empty; name at least one method")
+    if not seeds:
+        raise UserError("few-shot harness: SEEDS (seeds) is empty; give at least one seed")
+    options = dict(method_options or {})
+    functions = {name: get_method(name) for name in methods}
+    for name, given in options.items():  # options of registered methods that do not run are kept for other lists
+        accepted, _ = method_options_of(get_method(name))
+        if not isinstance(given, Mapping):
+            raise UserError(f"METHOD_OPTIONS[{name!r}] must map option names to values, got {given!r}")
+        for option in given:
+            if accepted is not None and option not in accepted:
+                close = difflib.get_close_matches(str(option), accepted, n=1)
+                raise UserError(f"METHOD_OPTIONS[{name!r}]: method {name} has no option {option!r}"
+                                + (f" (did you mean {close[0]!r}?)" if close else "")
+                                + f"; it takes {', '.join(accepted) or 'none'}")
+    for name, function in functions.items():
+        missing = [option for option in method_options_of(function)[1] if option not in options.get(name, {})]
+        if missing:
+            raise UserError(f"METHOD_OPTIONS[{name!r}] must set {', '.join(missing)} (method {name} requires it)")
+    return functions
+
+
+def check_budget(steps: int, batch_size: int) -> None:
+    """UserError unless every training run's steps (STEPS) and batch_size (BATCH_SIZE) are >= 1."""
+    if steps < 1 or batch_size < 1:
+        raise UserError(f"few-shot harness: STEPS (steps={steps}) and BATCH_SIZE (batch_size={batch_size}) must "
+                        f"be >= 1")
+
+
 def run_methods(setting: Setting, problem_name: str, methods: Sequence[str], k: int = 16,
                 seeds: Sequence[int] = SEEDS, num_unlabelled: int = 0, num_test: Optional[int] = None,
                 method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
@@ -73,13 +131,13 @@ def run_methods(setting: Setting, problem_name: str, methods: Sequence[str], k: 
     """Runs each method on each seed's sample; returns {"problem", "k", "seeds", "methods": {name: {"mean",
     "std", "accuracies", "seconds", "details"}}, "complete"}. `method_options` maps a method name to keyword
     options (a method that does not run ignores its options); `on_method(results so far)` runs after each method
-    (the mode saves them). Unknown method names, in `methods` or `method_options`, raise UserError before
-    anything runs."""
+    (the mode saves them). Raises UserError before anything runs for an unknown problem, what `check_methods`
+    rejects (empty methods or seeds, unknown method names or options), what `check_budget` rejects (setting's
+    steps or batch_size < 1) and what `sample_few_shot` rejects (k, num_unlabelled, num_test, too small a pool)."""
     entry = get_problem(problem_name)
     options = dict(method_options or {})
-    for name in options:  # options of registered methods that do not run are kept for other METHODS lists
-        get_method(name)
-    functions = {name: get_method(name) for name in methods}
+    functions = check_methods(methods, seeds, options)
+    check_budget(setting.steps, setting.batch_size)
     data = {seed: sample_few_shot(entry.problem, entry.pool, entry.test, k, seed, num_unlabelled, num_test)
             for seed in seeds}
     out: Dict[str, Any] = {"problem": problem_name, "k": k, "seeds": list(seeds), "methods": {}, "complete": False}
@@ -140,7 +198,12 @@ def run_fewshot(model: Any, problem: str, methods: Sequence[str], output_path: s
 
     steps/batch_size/learning_rate: each training run's budget (examples per step) and full fine-tuning's rate;
     feature_lengths: {"inputs", "targets"} token lengths of a prompt and of a class's target text.
+    Raises UserError, before the base is loaded, for an unknown problem and what `check_methods` and
+    `check_budget` reject, and before any method runs for what `run_methods` rejects.
     """
+    get_problem(problem)
+    check_methods(methods, seeds, method_options)
+    check_budget(steps, batch_size)
     base = engine.PromptModel(model, vocab_lib.get_default_vocabulary(), dict(feature_lengths), scoring_batch_size)
     setting = Setting(base, engine.init_params(base, checkpoint), checkpoint, steps, batch_size, learning_rate)
     print(f"few-shot {problem}: K={k} per class, seeds {list(seeds)}, {len(methods)} method(s), {steps} steps of "
@@ -152,4 +215,5 @@ def run_fewshot(model: Any, problem: str, methods: Sequence[str], output_path: s
     return results
 
 
-__all__ = ["SEEDS", "sample_few_shot", "summarize", "run_methods", "format_table", "write_json", "run_fewshot"]
+__all__ = ["SEEDS", "sample_few_shot", "summarize", "method_options_of", "check_methods", "check_budget",
+           "run_methods", "format_table", "write_json", "run_fewshot"]

@@ -11,8 +11,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tasks.prompting.pet import (check_data, ensemble_and_distill, pattern_scores, pattern_setup, pattern_weights,
-                                 soft_labels, train_pattern_models)
+from tasks.prompting.pet import (check_data, check_weighting, ensemble_and_distill, pattern_scores, pattern_setup,
+                                 pattern_weights, soft_labels, train_pattern_models)
 from tasks.prompting.problem import FewShotData, MethodResult, Problem, Setting
 from text2text import peft as peft_lib
 from text2text.errors import UserError
@@ -67,6 +67,7 @@ def ipet(setting: Setting, problem: Problem, data: FewShotData, seed: int, *, ge
     last generation is ensembled and distilled. details["pseudo_labelled_class_counts"][g-1][i] counts pattern
     i's pseudo labels per class. UserError as in PET, and for fewer than 2 patterns, generations < 1 or
     scale_factor < 1."""
+    check_weighting(weighting)
     check_data(problem, data, "iPET")
     if len(problem.templates) < 2 or generations < 1 or scale_factor < 1:
         raise UserError(f"iPET on {problem.name!r} needs >= 2 patterns (has {len(problem.templates)}), "

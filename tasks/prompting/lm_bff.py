@@ -59,6 +59,14 @@ def _check(problem: Problem, data: FewShotData, template: Template, verbalizer: 
             raise UserError(f"LM-BFF on {problem.name!r}: class {cls!r} has no training examples")
 
 
+def _check_demo_options(average: str, num_demo_sets: int, train_demo_sets: int = TRAIN_DEMO_SETS) -> None:
+    """Before anything trains: UserError for an unknown `average` or num_demo_sets/train_demo_sets < 1."""
+    demos.check_average(average)
+    if num_demo_sets < 1 or train_demo_sets < 1:
+        raise UserError(f"LM-BFF demonstrations: num_demo_sets={num_demo_sets} and train_demo_sets={train_demo_sets} "
+                        f"must be >= 1")
+
+
 def _finetune_and_test(setting: Setting, problem: Problem, data: FewShotData, seed: int, template: Template,
                        verbalizer: Verbalizer, demonstrations: bool, similar_half: bool, num_demo_sets: int,
                        embedder: Optional[demos.Embedder], average: str,
@@ -101,7 +109,9 @@ def prompt_finetune(setting: Setting, problem: Problem, data: FewShotData, seed:
     sets at test. Each training example appears with train_demo_sets sampled sets (LM-BFF draws a new set
     whenever an example is used; a fixed number per example keeps one compiled shape: with 1 set, 32 examples of
     the demo's review family reached 75% test accuracy, with 8, 90%). UserError for a cloze template without
-    <extra_id_0>, a label word that tokenizes to nothing, or a class without training examples."""
+    <extra_id_0>, a label word that tokenizes to nothing, or a class without training examples, and before
+    anything trains for an unknown `average` (demonstrations.AVERAGES) or num_demo_sets/train_demo_sets < 1."""
+    _check_demo_options(average, num_demo_sets, train_demo_sets)
     template, verbalizer = problem.templates[0], problem.verbalizer
     out = _finetune_and_test(setting, problem, data, seed, template, verbalizer, demonstrations, similar_half,
                              num_demo_sets, embedder, average, train_demo_sets)
@@ -117,7 +127,11 @@ def auto_template(setting: Setting, problem: Problem, data: FewShotData, seed: i
     label words (num_templates per generation pattern, beam search of beam_width, at most max_length target
     tokens), ranked by dev accuracy zero-shot (rank_by="zero_shot") or after rank_steps of prompt-based
     fine-tuning ("finetune"); then prompt_finetune's training with the best. details: template, generated
-    [(template, summed log-likelihood)], ranking [(template, dev accuracy)]."""
+    [(template, summed log-likelihood)], ranking [(template, dev accuracy)]. UserError before anything runs for
+    an unknown rank_by, beam_width or num_templates < 1, and prompt_finetune's option errors (average,
+    num_demo_sets); later as prompt_finetune, and when no template was generated."""
+    _check_demo_options(average, num_demo_sets)
+    template_search.check_search_options(beam_width, num_templates)
     if rank_by not in ("zero_shot", "finetune") or (rank_by == "finetune" and rank_steps < 1):
         raise UserError(f"auto_template: rank_by={rank_by!r} (zero_shot | finetune, the latter with rank_steps >= 1)")
     verbalizer = problem.verbalizer
@@ -145,7 +159,10 @@ def auto_label(setting: Setting, problem: Problem, data: FewShotData, seed: int,
     """LM-BFF "auto label": with problem.templates[0], top-k words per class, the n mappings with the best
     zero-shot training accuracy, the best dev accuracy among the first num_finetune after search_steps (default
     setting.steps) of prompt-based fine-tuning; then prompt_finetune's training with it. details: verbalizer,
-    ranking {class: [(word, summed log-prob)]}, mappings [({class: word}, train zero-shot, dev accuracy)]."""
+    ranking {class: [(word, summed log-prob)]}, mappings [({class: word}, train zero-shot, dev accuracy)].
+    UserError before anything runs for prompt_finetune's option errors (average, num_demo_sets), later as
+    label_search.search_label_words and prompt_finetune."""
+    _check_demo_options(average, num_demo_sets)
     template = problem.templates[0]
     result = label_search.search_label_words(
         setting.base, setting.base_params, template, problem.verbalizer.classes, data.train,

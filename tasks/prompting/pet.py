@@ -207,11 +207,16 @@ def pattern_scores(setup: PatternSetup, problem: Problem, models: Sequence[Patte
     return np.stack(out)
 
 
+def check_weighting(weighting: str) -> None:
+    """UserError unless `weighting` (how the pattern models' ensemble is weighted) is one of WEIGHTINGS."""
+    if weighting not in WEIGHTINGS:
+        raise UserError(f"PET weighting {weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
+
+
 def pattern_weights(models: Sequence[PatternModel], weighting: str = "accuracy") -> np.ndarray:
     """float64 [patterns] summing to 1: uniform, or each pattern's accuracy on the labelled set before training
     (PET sec. 3.2), normalised (uniform if every accuracy is 0). UserError for another weighting."""
-    if weighting not in WEIGHTINGS:
-        raise UserError(f"PET weighting {weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
+    check_weighting(weighting)
     weights = np.ones(len(models))
     if weighting == "accuracy":
         accuracies = np.asarray([m.zero_shot_accuracy for m in models], np.float64)
@@ -275,7 +280,9 @@ def pet(setting: Setting, problem: Problem, data: FewShotData, seed: int, *, alp
     alpha = 1e-4), the ensemble's temperature-`temperature` soft labels of data.unlabelled weighted by `weighting`
     ('accuracy' or 'uniform'), and a model distilled on them for distill_steps (default setting.steps) steps
     (full fine-tuning, or `distill_peft`). Accuracy: the distilled model's on data.test under templates[0].
-    UserError for an empty unlabelled set or a class without labelled examples."""
+    UserError for an unknown weighting (before anything trains), an empty unlabelled set or a class without
+    labelled examples."""
+    check_weighting(weighting)
     check_data(problem, data, "PET")
     setup = pattern_setup(setting, peft, seed, peft_learning_rate if peft is not None else None)
     models = train_pattern_models(setting, problem, setup, [data.train] * len(problem.templates), seed,
@@ -284,6 +291,6 @@ def pet(setting: Setting, problem: Problem, data: FewShotData, seed: int, *, alp
                                 temperature=temperature, distill_steps=distill_steps, distill_peft=distill_peft)
 
 
-__all__ = ["PatternModel", "PatternSetup", "check_data", "corrupt_spans", "distill", "distillation_task",
-           "ensemble_and_distill", "noise_spans", "pattern_scores", "pattern_setup", "pattern_weights", "pet",
-           "sentinel_ids", "soft_labels", "span_corruption_batches", "train_pattern_models"]
+__all__ = ["PatternModel", "PatternSetup", "check_data", "check_weighting", "corrupt_spans", "distill",
+           "distillation_task", "ensemble_and_distill", "noise_spans", "pattern_scores", "pattern_setup",
+           "pattern_weights", "pet", "sentinel_ids", "soft_labels", "span_corruption_batches", "train_pattern_models"]

@@ -163,22 +163,33 @@ class PromptLibrary:
 
     @classmethod
     def load(cls, directory: str) -> "PromptLibrary":
-        """The library saved in `directory`. UserError for a missing or foreign index, or a missing prompt file."""
+        """The library saved in `directory`. UserError naming the file for a missing, foreign, invalid (not JSON)
+        or incomplete index (a missing key or a value of the wrong type), or a missing prompt file."""
         path = os.path.join(directory, INDEX)
         if not os.path.isfile(path):
             raise UserError(f"SPoT prompt library {directory}: no {INDEX}")
-        with open(path) as f:
-            index = json.load(f)
-        if index.get("format") != FORMAT:
-            raise UserError(f"{path} is not a SPoT prompt library index (format={index.get('format')!r})")
-        recipe = EmbeddingRecipe(**index["recipe"])
+        try:
+            with open(path) as f:
+                index = json.load(f)
+        except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+            raise UserError(f"{path} is not a valid SPoT prompt library index: invalid JSON ({e})") from e
+        found = index.get("format") if isinstance(index, dict) else type(index).__name__
+        if found != FORMAT:
+            raise UserError(f"{path} is not a SPoT prompt library index (format={found!r})")
+        try:
+            recipe = EmbeddingRecipe(**index["recipe"])
+            entries = [(str(entry["name"]), str(entry["file"]), np.asarray(entry["embedding"], np.float32),
+                        int(entry["steps"])) for entry in index["sources"]]
+        except KeyError as e:
+            raise UserError(f"{path}: the SPoT prompt library index has no key {e.args[0]!r}") from e
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{path}: malformed SPoT prompt library index ({e})") from e
         library = cls(recipe)
-        for entry in index["sources"]:
-            leaves, _ = read_peft_file(os.path.join(directory, entry["file"]))
+        for name, file_name, embedding, steps in entries:
+            leaves, _ = read_peft_file(os.path.join(directory, file_name))
             if PROMPT_LEAF not in leaves:
-                raise UserError(f"SPoT source {entry['name']!r}: {entry['file']} holds no {PROMPT_LEAF}")
-            library.add(SourcePrompt(entry["name"], leaves[PROMPT_LEAF][0], np.asarray(entry["embedding"]), recipe,
-                                     int(entry["steps"])))
+                raise UserError(f"SPoT source {name!r}: {file_name} holds no {PROMPT_LEAF}")
+            library.add(SourcePrompt(name, leaves[PROMPT_LEAF][0], embedding, recipe, steps))
         return library
 
 

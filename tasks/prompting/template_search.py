@@ -172,13 +172,24 @@ def search_templates(prompt_model: engine.PromptModel, params: Any, train: Seque
                      num_templates: int = 5) -> List[GeneratedTemplate]:
     """Templates generated from every pattern (default generation_patterns(text_fields)), num_templates each,
     the examples filled with their class's label words (labels are class indices into verbalizer.classes).
-    Raises UserError for a label word that tokenizes to nothing or a malformed pattern."""
+    Raises UserError for beam_width or num_templates < 1, a label word that tokenizes to nothing, a malformed
+    pattern, or when no template was generated."""
+    check_search_options(beam_width, num_templates)
     check_label_words(prompt_model, verbalizer)
     words = [verbalizer.words[int(c)][1] for c in train_labels]
     out = []
     for pattern in patterns or generation_patterns(text_fields):
         out += generate_templates(prompt_model, params, pattern, train, words, beam_width, max_length, num_templates)
+    if not out:
+        raise UserError(f"template search generated no template (beam_width={beam_width}, max_length={max_length}, "
+                        f"num_templates={num_templates})")
     return out
+
+
+def check_search_options(beam_width: int, num_templates: int) -> None:
+    """UserError unless beam_width >= 1 and num_templates >= 1 (auto_template's options)."""
+    if beam_width < 1 or num_templates < 1:
+        raise UserError(f"template search: beam_width={beam_width} and num_templates={num_templates} must be >= 1")
 
 
 def rank_templates(prompt_model: engine.PromptModel, params: Any, templates: Sequence[Template],
@@ -198,4 +209,5 @@ def rank_templates(prompt_model: engine.PromptModel, params: Any, templates: Seq
 
 
 __all__ = ["LABEL_WORD", "generation_patterns", "num_spans", "template_from_spans", "generation_inputs",
-           "GeneratedTemplate", "beam_search_spans", "generate_templates", "search_templates", "rank_templates"]
+           "GeneratedTemplate", "beam_search_spans", "generate_templates", "search_templates", "check_search_options",
+           "rank_templates"]
