@@ -3,6 +3,7 @@ what was expected, exit code 2 and no traceback (a traceback only with --debug).
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -321,3 +322,13 @@ def test_batch_not_divisible_by_data_parallel_mesh_through_run_py(tmp_path):
     assert proc.stderr.rstrip().splitlines()[-1] == (
         "error: BATCH_SIZE=3 is not divisible by the data-parallel mesh size 2")
     assert "Traceback" not in proc.stderr
+
+
+def test_failed_resume_keeps_the_runs_config_gin(files, tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    shutil.copytree(files["vocab_300"], model_dir)
+    (model_dir / "config.gin").write_text("# the run's own config\n")
+    code, err = _main([*_base(tmp_path / "unused"), f"--gin.MODEL_DIR='{model_dir}'"], capsys)
+    assert code == 2, err
+    assert (model_dir / "config.gin").read_text() == "# the run's own config\n"
+    assert not [name for name in os.listdir(model_dir) if name.endswith(".tmp")]

@@ -75,8 +75,10 @@ def _validate(train_steps: int, batch_size: int, num_microbatches: int, model_di
 def write_gin_config(model_dir: str) -> None:
     """Writes the resolved gin config to MODEL_DIR/config.gin (first host only)."""
     if jax.process_index() == 0:
-        with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
+        path = os.path.join(model_dir, "config.gin")
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write(gin.config_str())
+        os.replace(path + ".tmp", path)
 
 
 def params_init_fn(model: EncoderDecoderModel, task_feature_lengths: Mapping[str, int]):
@@ -327,11 +329,11 @@ def train(
         if not any(name.isdigit() for name in os.listdir(model_dir)):  # a fresh run (a resumed one passed these)
             _check_task(model, mixture_or_task_name, task_feature_lengths, split, use_cached)
             _check_init_checkpoint(init_checkpoint)
-        write_gin_config(model_dir)
         tx = optimizer or optim.adafactor(learning_rate=optim.constant_schedule(1e-3))
         run = _start(model, tx, model_dir, mixture_or_task_name, task_feature_lengths, batch_size, seed, pack, split,
                      use_cached, shuffle, mesh_config, num_microbatches, checkpoint_period, keep_checkpoints,
                      init_checkpoint, model.loss_normalizing_factor, initial_step)
+        write_gin_config(model_dir)  # only once the checkpoint checks passed: a failed resume keeps the run's config
         start_step = int(run.state.step)
         progress = reporting.Progress(train_steps, start_step)
         rng = jax.random.PRNGKey(seed + 1)
