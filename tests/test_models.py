@@ -253,6 +253,12 @@ def test_fused_attention_kernel_leaves_dropout_and_decoding_to_einsum(monkeypatc
     assert calls  # the encoder used the fused kernel; the decoder, run with decode=True, did not
 
 
+def test_a_dtype_that_is_not_floating_point_is_one_user_error():
+    for dtype in ('float16x', 'int32'):
+        with pytest.raises(UserError, match=f"T5Config.dtype='{dtype}' is not a floating-point dtype"):
+            _loss_and_grads(get_config('tiny', dtype=dtype), padded_batch())
+
+
 def test_cudnn_attention_kernel_takes_bf16_biases_and_needs_a_gpu(monkeypatch):
     with pytest.raises(UserError, match="attention_kernel='cudnn' needs an NVIDIA GPU"):
         _loss_and_grads(get_config('tiny', attention_kernel='cudnn'), padded_batch())

@@ -171,6 +171,13 @@ class Transformer(nn.Module):
         if cfg.attention_kernel not in ATTENTION_KERNELS:
             raise UserError(f'T5Config.attention_kernel={cfg.attention_kernel!r} is not supported; '
                             f'expected one of {", ".join(ATTENTION_KERNELS)}')
+        try:
+            floating = jnp.issubdtype(jnp.dtype(cfg.dtype), jnp.floating)
+        except TypeError:
+            floating = False
+        if not floating:
+            raise UserError(f"T5Config.dtype={cfg.dtype!r} is not a floating-point dtype; expected e.g. 'float32' "
+                            "or 'bfloat16'")
         if cfg.attention_kernel == 'cudnn' and jax.default_backend() != 'gpu':
             raise UserError(f"T5Config.attention_kernel='cudnn' needs an NVIDIA GPU (JAX's backend here is "
                             f"{jax.default_backend()!r}); use 'einsum' or 'xla'")
