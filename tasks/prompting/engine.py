@@ -192,15 +192,6 @@ def class_log_likelihoods(prompt_model: PromptModel, params: Params, inputs: Seq
     return np.concatenate(scores).reshape(len(enc), num_classes)
 
 
-def class_probabilities(prompt_model: PromptModel, params: Params, inputs: Sequence[str],
-                        class_targets: Sequence[str], temperature: float = 1.0) -> np.ndarray:
-    """float64 [n, C]: softmax over classes of the log-likelihoods divided by `temperature`."""
-    scores = class_log_likelihoods(prompt_model, params, inputs, class_targets) / temperature
-    scores -= scores.max(axis=1, keepdims=True)
-    probs = np.exp(scores)
-    return probs / probs.sum(axis=1, keepdims=True)
-
-
 def accuracy(prompt_model: PromptModel, params: Params, task: ClassTask) -> float:
     """Percent of `task`'s examples whose most likely class is their (hard) label."""
     predicted = np.argmax(class_log_likelihoods(prompt_model, params, task.inputs, task.class_targets), axis=1)
@@ -313,5 +304,5 @@ def _default_tx() -> optax.GradientTransformation:
     return default_optimizer()
 
 
-__all__ = ["PromptModel", "ClassTask", "TrainResult", "peft_variant", "init_params", "class_log_likelihoods", "class_probabilities",
+__all__ = ["PromptModel", "ClassTask", "TrainResult", "peft_variant", "init_params", "class_log_likelihoods",
            "accuracy", "kl_to_targets", "training_batch", "default_optimizer", "train"]
